@@ -1,0 +1,1 @@
+"""The `hip` command line (placeholder replaced below)."""

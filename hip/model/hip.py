@@ -1,0 +1,185 @@
+"""The Hierarchical Perceiver (HiP) model: embed -> group -> U-Net of HiP blocks -> reconstruct."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from hip.model.blocks import CrossAttention, HiPBlock
+from hip.model.grouping import GroupPlan, group, plan_groups, ungroup
+from hip.model.layers import linear, trunc_normal_fan_in_
+from hip.model.presets import HiPConfig, make_config
+
+Modalities = Mapping[str, tuple[int, int]]
+
+
+def check_modalities(modalities: Modalities) -> dict[str, tuple[int, int]]:
+    """Validate `{name: (M, C)}` and return it as a plain dict."""
+    if not modalities:
+        raise ValueError("modalities is empty: give at least one {name: (M, C)}")
+    out = {}
+    for name, shape in modalities.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"modality name {name!r} must be a Python identifier (it names parameters)")
+        try:
+            m, c = (int(v) for v in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"modality {name!r}: expected (M, C), got {shape!r}") from None
+        if m < 1 or c < 1:
+            raise ValueError(f"modality {name!r}: M and C must be positive, got {(m, c)}")
+        out[name] = (m, c)
+    return out
+
+
+class HiP(nn.Module):
+    """Hierarchical Perceiver, numerically the official `HiP` template.
+
+    `forward(inputs)` maps `{name: [B, M, C]}` to `{"input_reconstruction": {name: [B, M, C]},
+    "latents": {name: ...}}` like the official model. The pieces (`embed_inputs`,
+    `group_inputs`, `encode`, `decode`, `reconstruct`) are public so MAE and the task heads
+    can reuse them. `with_decoder=False` builds only encoder + processor (classification).
+    """
+
+    def __init__(self, config: HiPConfig, modalities: Modalities, with_decoder: bool = True):
+        super().__init__()
+        self.config = config
+        self.modalities = check_modalities(modalities)
+        self.with_decoder = with_decoder
+        cfg, e = config, config.num_embedding_channels
+        self.plan: GroupPlan = plan_groups(cfg.num_groups[0], {k: m for k, (m, _) in self.modalities.items()})
+
+        self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.modalities.items()})
+        # Learned position tables [M, E]: added to the embedding and reused as the MAE query.
+        self.pos = nn.ParameterDict({k: nn.Parameter(torch.empty(m, e)) for k, (m, _) in self.modalities.items()})
+        for k, (m, _) in self.modalities.items():
+            trunc_normal_fan_in_(self.pos[k], m)
+        pe = cfg.num_position_encoding_channels
+        # Faithful to the official PositionEncoder: tables stay [M, E]; a shared bias-free
+        # projection is applied when num_position_encoding_channels differs from E.
+        self.pos_proj = linear(e, e, bias=False) if pe is not None and pe != e else None
+
+        n_blocks = cfg.processor_index + 1 if not with_decoder else cfg.num_blocks
+        blocks, in_ch = [], e
+        for i in range(n_blocks):
+            skip = cfg.num_z_channels[cfg.num_blocks - 1 - i] if i > cfg.processor_index else None
+            blocks.append(
+                HiPBlock(
+                    in_channels=in_ch,
+                    num_groups=cfg.num_groups[i],
+                    num_latents=cfg.z_index_dim[i],
+                    channels=cfg.num_z_channels[i],
+                    num_layers=cfg.num_self_attends_per_block[i],
+                    num_heads=cfg.num_self_attend_heads[i],
+                    cross_heads=cfg.num_cross_attend_heads[i],
+                    cross_widening=cfg.cross_attend_widening_factor[i],
+                    self_widening=cfg.self_attend_widening_factor[i],
+                    skip_channels=skip,
+                    regroup_inputs=i > 0,  # block 0 receives the grouper's output
+                    regroup_type=cfg.regroup_type,
+                    activation=cfg.activation_name,
+                    dropout=cfg.dropout_prob,
+                    drop_path=cfg.drop_path_rate,
+                )
+            )
+            in_ch = cfg.num_z_channels[i]
+        self.blocks = nn.ModuleList(blocks)
+        if with_decoder:
+            # Queries are the position vectors (E channels), no query residual, MLP widening 1.
+            self.reconstruction_head = CrossAttention(e, cfg.num_z_channels[-1], 1, 1, False, cfg.activation_name)
+            self.unembed = nn.ModuleDict({k: linear(e, c, scale=0.0) for k, (_, c) in self.modalities.items()})
+
+    # -- pieces -------------------------------------------------------------------------
+    def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Return inputs in modality order; raise ValueError naming any mismatch."""
+        missing = [k for k in self.modalities if k not in inputs]
+        unexpected = [k for k in inputs if k not in self.modalities]
+        if missing or unexpected:
+            raise ValueError(
+                f"HiP inputs: missing modalities {missing}, unexpected {unexpected}; "
+                f"the model was built for {list(self.modalities)}"
+            )
+        out, batch = {}, None
+        for k, (m, c) in self.modalities.items():
+            x = inputs[k]
+            if x.ndim != 3 or tuple(x.shape[1:]) != (m, c):
+                raise ValueError(f"HiP inputs: modality {k!r} must be [B, {m}, {c}], got {list(x.shape)}")
+            if batch is not None and x.shape[0] != batch:
+                raise ValueError(f"HiP inputs: batch sizes differ ({batch} vs {x.shape[0]} for {k!r})")
+            batch = x.shape[0]
+            out[k] = x
+        return out
+
+    def positions(self) -> dict[str, torch.Tensor]:
+        """The position vectors per modality, `[M, E]` (projected if configured)."""
+        pos = dict(self.pos.items())
+        if self.pos_proj is not None:
+            pos = {k: self.pos_proj(v) for k, v in pos.items()}
+        return {k: pos[k] for k in self.modalities}
+
+    def embed_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per modality Linear(C -> E) plus its position table: `{name: [B, M, E]}`."""
+        pos = self.positions()
+        return {k: self.embed[k](x) + pos[k] for k, x in inputs.items()}
+
+    def grouped_positions(self) -> torch.Tensor:
+        """The position tables grouped like the inputs: `[1, G, L, E]` (the MAE queries)."""
+        return group(self.plan, {k: v.unsqueeze(0) for k, v in self.positions().items()})
+
+    def group_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
+        return group(self.plan, self.embed_inputs(self.check_inputs(inputs)))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Run encoder blocks and the processor on grouped tokens; return every block's output."""
+        hidden = []
+        for block in self.blocks[: self.config.processor_index + 1]:
+            x = block(x)
+            hidden.append(x)
+        return hidden
+
+    def decode(self, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """Run decoder blocks with U-Net skips from the mirrored encoder blocks."""
+        n, z = self.config.num_blocks, hidden[-1]
+        for i in range(self.config.processor_index + 1, n):
+            z = self.blocks[i](z, skip=hidden[n - 1 - i])
+            hidden.append(z)
+        return z
+
+    def reconstruct(self, latents: torch.Tensor, queries: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-attend grouped queries `[B, G, N, E]` to the last latents; unembed per modality.
+
+        Returns `{name: [B, g_name, N, C_name]}`, still grouped (callers ungroup or gather).
+        """
+        rec = self.reconstruction_head(queries.expand(latents.shape[0], -1, -1, -1), latents)
+        return {m.name: self.unembed[m.name](rec[:, m.groups]) for m in self.plan.modalities}
+
+    def ungroup_reconstruction(self, grouped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Undo grouping on per-modality grouped outputs from `reconstruct` with full queries."""
+        out = {}
+        for m in self.plan.modalities:
+            x = grouped[m.name][:, :, : self.plan.group_length - m.group_padding]
+            out[m.name] = x.reshape(x.shape[0], -1, x.shape[-1])[:, : m.length]
+        return out
+
+    # -- the official forward -------------------------------------------------------------
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """Full-input forward pass, as the official model in eval mode (no masking)."""
+        if not self.with_decoder:
+            raise RuntimeError("this HiP was built without decoder blocks; use encode()")
+        hidden = self.encode(self.group_inputs(inputs))
+        z = self.decode(hidden)
+        rec = self.reconstruct(z, self.grouped_positions())
+        return {"input_reconstruction": self.ungroup_reconstruction(rec), "latents": ungroup(self.plan, z)}
+
+
+def create_model(preset: str | Mapping[str, Any], modalities: Modalities, **overrides: Any) -> HiP:
+    """Build a HiP from a preset name (`hip16`, `hip256`, `mini`, `tiny`) or an official-format dict.
+
+    `modalities` maps a name to `(M, C)`; `overrides` replace single config fields, and
+    `with_decoder=False` builds encoder + processor only.
+    """
+    with_decoder = overrides.pop("with_decoder", True)
+    return HiP(make_config(preset, **overrides), modalities, with_decoder=with_decoder)

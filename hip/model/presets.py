@@ -1,0 +1,144 @@
+"""Model presets as data: the official VARIANTS table in YAML, loaded into a dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+# Per-block fields of the official VARIANTS format (one entry per block).
+PER_BLOCK_FIELDS = (
+    "num_groups",
+    "num_self_attends_per_block",
+    "z_index_dim",
+    "num_z_channels",
+    "num_cross_attend_heads",
+    "num_self_attend_heads",
+    "cross_attend_widening_factor",
+    "self_attend_widening_factor",
+)
+
+
+@dataclass
+class HiPConfig:
+    """Everything that defines a HiP architecture; field names follow the official code."""
+
+    num_groups: list[int]
+    num_self_attends_per_block: list[int]
+    z_index_dim: list[int]
+    num_z_channels: list[int]
+    num_cross_attend_heads: list[int]
+    num_self_attend_heads: list[int]
+    cross_attend_widening_factor: list[int]
+    self_attend_widening_factor: list[int]
+    num_embedding_channels: int
+    # The official `model_kwargs` (shared hyperparameters).
+    num_position_encoding_channels: int | None = None
+    regroup_type: str = "reshape"
+    activation_name: str = "sq_relu"
+    dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0
+    processor_index_dim_train: int | None = None
+    processor_index_dim_eval: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of HiP blocks (encoder + processor + decoder)."""
+        return len(self.num_groups)
+
+    @property
+    def processor_index(self) -> int:
+        """Index of the central processor block."""
+        return self.num_blocks // 2
+
+    def validate(self) -> HiPConfig:
+        """Raise ValueError naming the first inconsistent field."""
+        n = self.num_blocks
+        for name in PER_BLOCK_FIELDS:
+            value = getattr(self, name)
+            if len(value) != n:
+                raise ValueError(f"HiP config: {name} has {len(value)} entries, num_groups has {n}")
+            if any((not isinstance(v, int)) or v < 1 for v in value):
+                raise ValueError(f"HiP config: {name} must hold positive integers, got {value}")
+        if n < 3 or n % 2 == 0:
+            raise ValueError(f"HiP config: needs an odd number of blocks >= 3, got {n}")
+        if self.num_groups[self.processor_index] != 1:
+            raise ValueError(
+                f"HiP config: the processor block (index {self.processor_index}) must use 1 group, "
+                f"got num_groups={self.num_groups}"
+            )
+        if self.num_groups[0] != self.num_groups[-1]:
+            raise ValueError(
+                "HiP config: the last block must have as many groups as the first "
+                f"(the reconstruction head decodes per input group), got {self.num_groups}"
+            )
+        for i in range(self.processor_index + 1, n):
+            j = n - 1 - i
+            if (self.num_groups[i], self.z_index_dim[i]) != (self.num_groups[j], self.z_index_dim[j]):
+                raise ValueError(
+                    f"HiP config: decoder block {i} (groups, latents) must mirror encoder block {j}"
+                )
+        for i, (c, h, hc) in enumerate(
+            zip(self.num_z_channels, self.num_self_attend_heads, self.num_cross_attend_heads)
+        ):
+            if c % h or c % hc:
+                raise ValueError(f"HiP config: block {i}: {c} channels not divisible by heads {h}/{hc}")
+        if self.regroup_type not in ("reshape", "transpose_reshape"):
+            raise ValueError(f"HiP config: unknown regroup_type {self.regroup_type!r}")
+        if self.processor_index_dim_train is not None or self.processor_index_dim_eval is not None:
+            raise NotImplementedError(
+                "HiP config: processor_index_dim_train/eval (latent subsampling) is not supported yet"
+            )
+        return self
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in hip/configs/model."""
+    folder = resources.files("hip") / "configs" / "model"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's fields as a plain dict (YAML shipped as package data)."""
+    names = available_presets()
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        raise ValueError(
+            f"unknown model preset {name!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; available: {', '.join(names)}"
+        )
+    text = (resources.files("hip") / "configs" / "model" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def make_config(preset: str | Mapping[str, Any], **overrides: Any) -> HiPConfig:
+    """Build a validated HiPConfig from a preset name or an official-format dict plus overrides.
+
+    A dict may be flat (VARIANTS keys and model kwargs together) or shaped like the golden
+    fixture, `{"variant": {...}, "model_kwargs": {...}}`.
+    """
+    fields_ = dict(load_preset(preset)) if isinstance(preset, str) else dict(preset)
+    if "variant" in fields_ and isinstance(fields_["variant"], Mapping):
+        nested = fields_
+        fields_ = {**nested["variant"], **(nested.get("model_kwargs") or {})}
+        fields_.update({k: v for k, v in nested.items() if k not in ("variant", "model_kwargs", "note")})
+    fields_.update(overrides)
+    known = {f.name for f in dataclasses.fields(HiPConfig)} - {"extra"}
+    unknown = sorted(set(fields_) - known)
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        detail = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ValueError(f"unknown HiP config field(s): {detail}")
+    missing = sorted(f for f in PER_BLOCK_FIELDS + ("num_embedding_channels",) if f not in fields_)
+    if missing:
+        raise ValueError(f"HiP config is missing field(s): {', '.join(missing)}")
+    for name in PER_BLOCK_FIELDS:
+        fields_[name] = [int(v) for v in fields_[name]]
+    return HiPConfig(**fields_).validate()
