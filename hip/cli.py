@@ -1,1 +1,51 @@
-"""The `hip` command line (placeholder replaced below)."""
+"""The `hip` command line: one subcommand per stage, each registered by its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from hip.errors import UserError
+
+# Modules exposing `register(subparsers)`; each adds its subcommand(s) and sets `func`.
+COMMAND_MODULES = [
+    "hip.demo",
+    "hip.data.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="hip", description="Hierarchical Perceiver: pretrain, finetune, evaluate."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"hip {importlib.import_module('hip').__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `hip ARGS`; user errors print one line to stderr and exit 2, no traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"hip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,21 @@
 """The HiP model: architecture, presets, MAE, task heads and the Haiku weight converter."""
 
+from hip.model.heads import HiPClassifier, HiPSegmenter, create_task_model, load_pretrained
 from hip.model.hip import HiP, create_model
+from hip.model.mae import MAE, MAEConfig, MAEOutput
 from hip.model.presets import HiPConfig, available_presets, make_config
 
-__all__ = ["HiP", "HiPConfig", "available_presets", "create_model", "make_config"]
+__all__ = [
+    "MAE",
+    "HiP",
+    "HiPClassifier",
+    "HiPConfig",
+    "HiPSegmenter",
+    "MAEConfig",
+    "MAEOutput",
+    "available_presets",
+    "create_model",
+    "create_task_model",
+    "load_pretrained",
+    "make_config",
+]

@@ -17,7 +17,9 @@ def regroup(x: torch.Tensor, num_groups: int, regroup_type: str = "reshape") -> 
         # Mixes all groups instead of neighbours (an official option, not used by the presets).
         x = x.transpose(1, 2)
     elif regroup_type != "reshape":
-        raise ValueError(f"unknown regroup_type {regroup_type!r}: use 'reshape' or 'transpose_reshape'")
+        raise ValueError(
+            f"unknown regroup_type {regroup_type!r}: use 'reshape' or 'transpose_reshape'"
+        )
     return x.reshape(b, num_groups, g * n // num_groups, c)
 
 
@@ -32,7 +34,11 @@ class DropPath(nn.Module):
         """Zero whole samples with probability `rate` while training."""
         if not self.training or self.rate == 0.0:
             return x
-        keep = torch.floor(1.0 - self.rate + torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device, dtype=x.dtype))
+        keep = torch.floor(
+            1.0
+            - self.rate
+            + torch.rand(x.shape[0], *([1] * (x.ndim - 1)), device=x.device, dtype=x.dtype)
+        )
         return x * keep
 
 
@@ -124,7 +130,9 @@ class HiPBlock(nn.Module):
     ):
         super().__init__()
         if channels % num_heads or channels % cross_heads:
-            raise ValueError(f"channels={channels} must be divisible by heads {num_heads} and {cross_heads}")
+            raise ValueError(
+                f"channels={channels} must be divisible by heads {num_heads} and {cross_heads}"
+            )
         self.num_groups = num_groups
         self.num_latents = num_latents
         self.regroup_inputs = regroup_inputs
@@ -136,7 +144,9 @@ class HiPBlock(nn.Module):
             if skip_channels is not None and skip_channels != channels
             else None
         )
-        self.cross = CrossAttention(channels, in_channels, cross_heads, cross_widening, True, activation)
+        self.cross = CrossAttention(
+            channels, in_channels, cross_heads, cross_widening, True, activation
+        )
         self.layers = nn.ModuleList(
             SelfAttentionLayer(channels, num_heads, self_widening, activation, dropout, drop_path)
             for _ in range(num_layers)
@@ -148,7 +158,9 @@ class HiPBlock(nn.Module):
             x = regroup(x, self.num_groups, self.regroup_type)
         elif x.shape[1] != self.num_groups:
             raise ValueError(f"block expects {self.num_groups} groups, got {x.shape[1]}")
-        z = self.latents.view(1, self.num_groups, self.num_latents, -1).expand(x.shape[0], -1, -1, -1)
+        z = self.latents.view(1, self.num_groups, self.num_latents, -1).expand(
+            x.shape[0], -1, -1, -1
+        )
         if skip is not None:
             z = z + (self.skip_proj(skip) if self.skip_proj is not None else skip)
         z = self.cross(z, x)

@@ -85,7 +85,9 @@ def haiku_names(model: HiP) -> dict[str, tuple[torch.Tensor, bool]]:
     for i, block in enumerate(model.blocks):
         names.update(_block(f"{_ROOT}/block_{i}", block))
     if model.with_decoder:
-        names.update(_cross(f"{_ROOT}/reconstruction_head/hi_p_cross_attention", model.reconstruction_head))
+        names.update(
+            _cross(f"{_ROOT}/reconstruction_head/hi_p_cross_attention", model.reconstruction_head)
+        )
     return names
 
 
@@ -109,9 +111,17 @@ def load_haiku_params(model: HiP, params: Mapping[str, np.ndarray]) -> None:
                 bad_shape.append(f"{name}: got {shape}, expected {want}")
     if missing or unexpected or bad_shape:
         lines = ["load_haiku_params: parameters do not match the model"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", bad_shape)):
+        for title, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("mis-shaped", bad_shape),
+        ):
             if items:
-                lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+                lines.append(
+                    f"  {title} ({len(items)}): "
+                    + "; ".join(items[:20])
+                    + (" ..." if len(items) > 20 else "")
+                )
         raise ValueError("\n".join(lines))
     with torch.no_grad():
         for name, (tensor, transpose) in targets.items():

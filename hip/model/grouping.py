@@ -73,22 +73,26 @@ def plan_groups(num_groups: int, lengths: dict[str, int]) -> GroupPlan:
     for (name, length), count in zip(lengths.items(), counts):
         final_padding = count * math.ceil(length / count) - length
         per_group = (length + final_padding) // count
-        mods.append(ModalityGroups(name, length, first, count, final_padding, group_length - per_group))
+        mods.append(
+            ModalityGroups(name, length, first, count, final_padding, group_length - per_group)
+        )
         first += count
     return GroupPlan(num_groups, group_length, tuple(mods))
 
 
+def group_modality(m: ModalityGroups, x: torch.Tensor) -> torch.Tensor:
+    """One modality `[B, M, C]` -> its groups `[B, g, L, C]` (final + per-group zero padding)."""
+    if m.final_padding:
+        x = F.pad(x, (0, 0, 0, m.final_padding))
+    x = x.reshape(x.shape[0], m.num_groups, m.tokens_per_group, x.shape[-1])
+    if m.group_padding:
+        x = F.pad(x, (0, 0, 0, m.group_padding))
+    return x
+
+
 def group(plan: GroupPlan, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """{name: [B, M, C]} -> [B, G, L, C] (zero padding; a pure view when nothing is padded)."""
-    parts = []
-    for m in plan.modalities:
-        x = inputs[m.name]
-        if m.final_padding:
-            x = F.pad(x, (0, 0, 0, m.final_padding))
-        x = x.reshape(x.shape[0], m.num_groups, m.tokens_per_group, x.shape[-1])
-        if m.group_padding:
-            x = F.pad(x, (0, 0, 0, m.group_padding))
-        parts.append(x)
+    parts = [group_modality(m, inputs[m.name]) for m in plan.modalities]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 

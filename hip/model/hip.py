@@ -23,7 +23,9 @@ def check_modalities(modalities: Modalities) -> dict[str, tuple[int, int]]:
     out = {}
     for name, shape in modalities.items():
         if not isinstance(name, str) or not name.isidentifier():
-            raise ValueError(f"modality name {name!r} must be a Python identifier (it names parameters)")
+            raise ValueError(
+                f"modality name {name!r} must be a Python identifier (it names parameters)"
+            )
         try:
             m, c = (int(v) for v in shape)
         except (TypeError, ValueError):
@@ -49,11 +51,15 @@ class HiP(nn.Module):
         self.modalities = check_modalities(modalities)
         self.with_decoder = with_decoder
         cfg, e = config, config.num_embedding_channels
-        self.plan: GroupPlan = plan_groups(cfg.num_groups[0], {k: m for k, (m, _) in self.modalities.items()})
+        self.plan: GroupPlan = plan_groups(
+            cfg.num_groups[0], {k: m for k, (m, _) in self.modalities.items()}
+        )
 
         self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.modalities.items()})
         # Learned position tables [M, E]: added to the embedding and reused as the MAE query.
-        self.pos = nn.ParameterDict({k: nn.Parameter(torch.empty(m, e)) for k, (m, _) in self.modalities.items()})
+        self.pos = nn.ParameterDict(
+            {k: nn.Parameter(torch.empty(m, e)) for k, (m, _) in self.modalities.items()}
+        )
         for k, (m, _) in self.modalities.items():
             trunc_normal_fan_in_(self.pos[k], m)
         pe = cfg.num_position_encoding_channels
@@ -88,8 +94,12 @@ class HiP(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         if with_decoder:
             # Queries are the position vectors (E channels), no query residual, MLP widening 1.
-            self.reconstruction_head = CrossAttention(e, cfg.num_z_channels[-1], 1, 1, False, cfg.activation_name)
-            self.unembed = nn.ModuleDict({k: linear(e, c, scale=0.0) for k, (_, c) in self.modalities.items()})
+            self.reconstruction_head = CrossAttention(
+                e, cfg.num_z_channels[-1], 1, 1, False, cfg.activation_name
+            )
+            self.unembed = nn.ModuleDict(
+                {k: linear(e, c, scale=0.0) for k, (_, c) in self.modalities.items()}
+            )
 
     # -- pieces -------------------------------------------------------------------------
     def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -105,9 +115,13 @@ class HiP(nn.Module):
         for k, (m, c) in self.modalities.items():
             x = inputs[k]
             if x.ndim != 3 or tuple(x.shape[1:]) != (m, c):
-                raise ValueError(f"HiP inputs: modality {k!r} must be [B, {m}, {c}], got {list(x.shape)}")
+                raise ValueError(
+                    f"HiP inputs: modality {k!r} must be [B, {m}, {c}], got {list(x.shape)}"
+                )
             if batch is not None and x.shape[0] != batch:
-                raise ValueError(f"HiP inputs: batch sizes differ ({batch} vs {x.shape[0]} for {k!r})")
+                raise ValueError(
+                    f"HiP inputs: batch sizes differ ({batch} vs {x.shape[0]} for {k!r})"
+                )
             batch = x.shape[0]
             out[k] = x
         return out
@@ -157,9 +171,11 @@ class HiP(nn.Module):
         return {m.name: self.unembed[m.name](rec[:, m.groups]) for m in self.plan.modalities}
 
     def ungroup_reconstruction(self, grouped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Undo grouping on per-modality grouped outputs from `reconstruct` with full queries."""
+        """Undo grouping on `{name: [B, g, L, C]}` outputs decoded from the full position queries."""
         out = {}
         for m in self.plan.modalities:
+            if m.name not in grouped:
+                continue
             x = grouped[m.name][:, :, : self.plan.group_length - m.group_padding]
             out[m.name] = x.reshape(x.shape[0], -1, x.shape[-1])[:, : m.length]
         return out
@@ -172,7 +188,10 @@ class HiP(nn.Module):
         hidden = self.encode(self.group_inputs(inputs))
         z = self.decode(hidden)
         rec = self.reconstruct(z, self.grouped_positions())
-        return {"input_reconstruction": self.ungroup_reconstruction(rec), "latents": ungroup(self.plan, z)}
+        return {
+            "input_reconstruction": self.ungroup_reconstruction(rec),
+            "latents": ungroup(self.plan, z),
+        }
 
 
 def create_model(preset: str | Mapping[str, Any], modalities: Modalities, **overrides: Any) -> HiP:

@@ -48,7 +48,9 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return squared_relu
     fn = getattr(F, name, None)
     if fn is None or not callable(fn):
-        raise ValueError(f"unknown activation_name {name!r}: use 'sq_relu' or a torch.nn.functional name")
+        raise ValueError(
+            f"unknown activation_name {name!r}: use 'sq_relu' or a torch.nn.functional name"
+        )
     return fn
 
 

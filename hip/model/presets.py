@@ -80,7 +80,10 @@ class HiPConfig:
             )
         for i in range(self.processor_index + 1, n):
             j = n - 1 - i
-            if (self.num_groups[i], self.z_index_dim[i]) != (self.num_groups[j], self.z_index_dim[j]):
+            if (self.num_groups[i], self.z_index_dim[i]) != (
+                self.num_groups[j],
+                self.z_index_dim[j],
+            ):
                 raise ValueError(
                     f"HiP config: decoder block {i} (groups, latents) must mirror encoder block {j}"
                 )
@@ -88,7 +91,9 @@ class HiPConfig:
             zip(self.num_z_channels, self.num_self_attend_heads, self.num_cross_attend_heads)
         ):
             if c % h or c % hc:
-                raise ValueError(f"HiP config: block {i}: {c} channels not divisible by heads {h}/{hc}")
+                raise ValueError(
+                    f"HiP config: block {i}: {c} channels not divisible by heads {h}/{hc}"
+                )
         if self.regroup_type not in ("reshape", "transpose_reshape"):
             raise ValueError(f"HiP config: unknown regroup_type {self.regroup_type!r}")
         if self.processor_index_dim_train is not None or self.processor_index_dim_eval is not None:
@@ -128,13 +133,17 @@ def make_config(preset: str | Mapping[str, Any], **overrides: Any) -> HiPConfig:
     if "variant" in fields_ and isinstance(fields_["variant"], Mapping):
         nested = fields_
         fields_ = {**nested["variant"], **(nested.get("model_kwargs") or {})}
-        fields_.update({k: v for k, v in nested.items() if k not in ("variant", "model_kwargs", "note")})
+        fields_.update(
+            {k: v for k, v in nested.items() if k not in ("variant", "model_kwargs", "note")}
+        )
     fields_.update(overrides)
     known = {f.name for f in dataclasses.fields(HiPConfig)} - {"extra"}
     unknown = sorted(set(fields_) - known)
     if unknown:
         hints = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-        detail = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        detail = ", ".join(
+            f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items()
+        )
         raise ValueError(f"unknown HiP config field(s): {detail}")
     missing = sorted(f for f in PER_BLOCK_FIELDS + ("num_embedding_channels",) if f not in fields_)
     if missing:

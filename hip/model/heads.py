@@ -1,0 +1,140 @@
+"""Finetuning heads on a HiP backbone: classification, multi-label and dense (segmentation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hip.model.blocks import CrossAttention
+from hip.model.hip import HiP, Modalities, create_model
+from hip.model.layers import layer_norm, linear, trunc_normal_fan_in_
+
+TASKS = ("classification", "multilabel", "segmentation")
+
+
+class HiPClassifier(nn.Module):
+    """Encoder + processor, then a Perceiver IO style decoder: learned queries read the processor.
+
+    The decoder blocks are not built (classification needs none). `multilabel` only switches
+    the loss (sigmoid/BCE instead of softmax/CE); the logits are the same.
+    """
+
+    def __init__(
+        self, backbone: HiP, num_classes: int, multilabel: bool = False, num_queries: int = 1
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.multilabel = multilabel
+        width = backbone.config.num_z_channels[backbone.config.processor_index]
+        self.queries = nn.Parameter(torch.empty(num_queries, width))
+        trunc_normal_fan_in_(self.queries, num_queries)
+        self.decoder = CrossAttention(width, width, 1, 1, True, backbone.config.activation_name)
+        self.norm = layer_norm(width)
+        self.classifier = linear(width, num_classes, scale=0.0)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`{name: [B, M, C]}` -> logits `[B, num_classes]`."""
+        z = self.backbone.encode(self.backbone.group_inputs(inputs))[-1]  # [B, 1, K, D]
+        q = self.queries.view(1, 1, *self.queries.shape).expand(z.shape[0], -1, -1, -1)
+        out = self.decoder(q, z).mean(dim=(1, 2))
+        return self.classifier(self.norm(out))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CE for class indices `[B]`, BCE-with-logits for multi-hot `[B, K]`."""
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+
+class HiPSegmenter(nn.Module):
+    """The full encoder-decoder; queries are every position's vector, unembedded to class logits."""
+
+    def __init__(
+        self, backbone: HiP, num_classes: int, target: str | None = None, ignore_index: int = 255
+    ):
+        super().__init__()
+        if not backbone.with_decoder:
+            raise ValueError("segmentation needs a HiP built with its decoder blocks")
+        self.backbone = backbone
+        self.target = target or next(iter(backbone.modalities))
+        if self.target not in backbone.modalities:
+            raise ValueError(f"target modality {self.target!r} not in {list(backbone.modalities)}")
+        self.ignore_index = ignore_index
+        e = backbone.config.num_embedding_channels
+        self.classifier = linear(e, num_classes, scale=0.0)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """`{name: [B, M, C]}` -> per-position logits `[B, M_target, num_classes]`."""
+        bb = self.backbone
+        z = bb.decode(bb.encode(bb.group_inputs(inputs)))
+        rec = bb.reconstruction_head(bb.grouped_positions().expand(z.shape[0], -1, -1, -1), z)
+        m = next(x for x in bb.plan.modalities if x.name == self.target)
+        return self.classifier(bb.ungroup_reconstruction({m.name: rec[:, m.groups]})[m.name])
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-position cross-entropy; `ignore_index` positions do not count."""
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=self.ignore_index
+        )
+
+
+def create_task_model(
+    task: str,
+    preset: str | Mapping[str, Any],
+    modalities: Modalities,
+    num_classes: int,
+    **overrides: Any,
+) -> HiPClassifier | HiPSegmenter:
+    """Build a finetuning model: `task` is classification, multilabel or segmentation."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if task == "segmentation":
+        return HiPSegmenter(create_model(preset, modalities, **overrides), num_classes)
+    backbone = create_model(preset, modalities, with_decoder=False, **overrides)
+    return HiPClassifier(backbone, num_classes, multilabel=task == "multilabel")
+
+
+def backbone_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HiP parameters from a HiP, MAE (`model.`) or task-model (`backbone.`) state dict."""
+    for prefix in ("model.", "backbone.", "module.model.", "module.backbone."):
+        if any(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return dict(state_dict)
+
+
+def load_pretrained(
+    task_model: HiPClassifier | HiPSegmenter,
+    state_dict: Mapping[str, torch.Tensor],
+    freeze_positions: bool = False,
+) -> list[str]:
+    """Load an MAE checkpoint's encoder and position tables (and decoder, for segmentation).
+
+    Every backbone parameter of `task_model` must be present with the same shape, except the
+    MAE unembedding which the task heads replace. Returns the names loaded. With
+    `freeze_positions`, the position tables stop receiving gradients.
+    """
+    source = backbone_state(state_dict)
+    target = task_model.backbone.state_dict()
+    wanted = {k for k in target if not k.startswith("unembed.")}
+    missing = sorted(k for k in wanted if k not in source)
+    bad = sorted(
+        f"{k}: {tuple(source[k].shape)} vs {tuple(target[k].shape)}"
+        for k in wanted
+        if k in source and source[k].shape != target[k].shape
+    )
+    if missing or bad:
+        raise ValueError(
+            "pretrained weights do not fit this model (was it pretrained with the same preset and "
+            f"modalities?); missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}; mis-shaped: {bad[:10]}"
+        )
+    task_model.backbone.load_state_dict({k: source[k] for k in wanted}, strict=False)
+    if freeze_positions:
+        for p in task_model.backbone.pos.values():
+            p.requires_grad_(False)
+    return sorted(wanted)

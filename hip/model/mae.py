@@ -1,0 +1,144 @@
+"""Masked auto-encoding (MAE) pretraining for HiP: learn the dense position embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hip.model.grouping import group_modality, ungroup
+from hip.model.hip import HiP
+from hip.model.masking import GroupMask, gather_groups, groupwise_mask
+
+
+@dataclass
+class MAEConfig:
+    """MAE settings: fraction of tokens hidden per group, and MAE's norm_pix_loss analogue."""
+
+    mask_ratio: float = 0.85
+    norm_targets: bool = False
+
+
+@dataclass
+class MAEOutput:
+    """What one MAE step produced."""
+
+    loss: torch.Tensor  # scalar: MSE over masked real tokens
+    predictions: dict[str, torch.Tensor]  # {name: [B, g, n_masked, C]} at the masked slots
+    targets: dict[str, torch.Tensor]  # same shapes, the (optionally normalised) true values
+    mask: GroupMask
+
+
+class MAE(nn.Module):
+    """Groupwise-masked auto-encoder around a full (encoder-decoder) HiP.
+
+    The encoder sees only the kept tokens of every group (embedding + position); the
+    reconstruction head's queries are the position vectors of the masked tokens, each group
+    attending to its own final latents; the loss is the MSE on masked tokens.
+    """
+
+    def __init__(self, model: HiP, config: MAEConfig | None = None):
+        super().__init__()
+        if not model.with_decoder:
+            raise ValueError("MAE needs a HiP built with its decoder blocks")
+        self.model = model
+        self.config = config or MAEConfig()
+
+    def _targets(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw inputs grouped per modality: `{name: [B, g, L, C]}` with zero padding."""
+        return {m.name: group_modality(m, inputs[m.name]) for m in self.model.plan.modalities}
+
+    def _normalise(
+        self, target: torch.Tensor, real: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-group, per-channel mean/std over real tokens (MAE's per-patch norm, a group here)."""
+        w = real[None, :, :, None].to(target.dtype)
+        count = w.sum(dim=2, keepdim=True).clamp_min(1.0)
+        mean = (target * w).sum(dim=2, keepdim=True) / count
+        var = (((target - mean) ** 2) * w).sum(dim=2, keepdim=True) / count
+        std = (var + 1e-6).sqrt()
+        return (target - mean) / std, mean, std
+
+    def encode_visible(self, inputs: Mapping[str, torch.Tensor], mask: GroupMask) -> torch.Tensor:
+        """Encoder + decoder blocks on the kept tokens only; returns the last latents."""
+        x = gather_groups(self.model.group_inputs(inputs), mask.keep)
+        return self.model.decode(self.model.encode(x))
+
+    def sample_mask(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | None = None,
+    ) -> GroupMask:
+        """A fresh groupwise mask for a batch."""
+        return groupwise_mask(
+            self.model.plan, batch_size, self.config.mask_ratio, generator, device
+        )
+
+    def forward(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        mask: GroupMask | None = None,
+    ) -> MAEOutput:
+        """One MAE pass: mask, encode the visible tokens, predict the masked ones, MSE loss."""
+        inputs = self.model.check_inputs(inputs)
+        batch = next(iter(inputs.values()))
+        if mask is None:
+            mask = self.sample_mask(batch.shape[0], generator, batch.device)
+        z = self.encode_visible(inputs, mask)
+        queries = gather_groups(self.model.grouped_positions(), mask.masked)
+        preds = self.model.reconstruct(z, queries)
+        weight = mask.masked_is_real()
+        raw = self._targets(inputs)
+        targets, total, count = {}, 0.0, 0.0
+        for m in self.model.plan.modalities:
+            target = raw[m.name]
+            if self.config.norm_targets:
+                target = self._normalise(target, mask.real[m.groups])[0]
+            target = gather_groups(target, mask.masked[:, m.groups])
+            targets[m.name] = target
+            w = weight[:, m.groups].to(target.dtype)
+            per_token = ((preds[m.name].float() - target.float()) ** 2).mean(dim=-1)
+            total = total + (per_token * w).sum()
+            count = count + w.sum()
+        loss = total / count.clamp_min(1.0)
+        return MAEOutput(loss=loss, predictions=preds, targets=targets, mask=mask)
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        mask: GroupMask | None = None,
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Full reconstructions for pictures: `{"prediction", "masked", "composite"}` per modality.
+
+        `prediction` is the model's output at every position (decoded from the visible
+        tokens only), `masked` a bool `[B, M]` (True = hidden), `composite` the visible input
+        with predictions pasted into the hidden positions (the MAE paper's figure).
+        """
+        inputs = self.model.check_inputs(inputs)
+        batch = next(iter(inputs.values()))
+        if mask is None:
+            mask = self.sample_mask(batch.shape[0], generator, batch.device)
+        z = self.encode_visible(inputs, mask)
+        grouped = self.model.reconstruct(z, self.model.grouped_positions())
+        if self.config.norm_targets:  # undo the per-group normalisation with the true statistics
+            targets = self._targets(inputs)
+            for m in self.model.plan.modalities:
+                _, mean, std = self._normalise(targets[m.name], mask.real[m.groups])
+                grouped[m.name] = grouped[m.name] * std + mean
+        pred = self.model.ungroup_reconstruction(grouped)
+        hidden = ungroup(self.model.plan, mask.dense().unsqueeze(-1))
+        out = {}
+        for name, x in inputs.items():
+            masked = hidden[name][..., 0]
+            out[name] = {
+                "prediction": pred[name],
+                "masked": masked,
+                "composite": torch.where(masked.unsqueeze(-1), pred[name], x),
+            }
+        return out

@@ -1,0 +1,69 @@
+"""Turn raw signals into HiP's flat `[M, C]` modality arrays and back.
+
+Every function accepts leading batch dimensions: `[..., H, W, C] -> [..., H*W, C]`.
+Works on torch tensors and numpy arrays alike.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
+
+
+def image_to_tokens(image: Array, channels_last: bool = True) -> Array:
+    """Image `[..., H, W, C]` (or `[..., H, W]` grey, or `[..., C, H, W]`) -> `[..., H*W, C]` in raster order."""
+    if image.ndim < 2:
+        raise ValueError(f"image must be [..., H, W(, C)], got shape {tuple(image.shape)}")
+    if image.ndim == 2:
+        image = image[..., None]
+    elif not channels_last:
+        image = image.swapaxes(-3, -1).swapaxes(-3, -2)  # [..., C, H, W] -> [..., H, W, C]
+    *lead, h, w, c = image.shape
+    return image.reshape(*lead, h * w, c)
+
+
+def tokens_to_image(tokens: Array, height: int, width: int) -> Array:
+    """`[..., H*W, C]` -> `[..., H, W, C]`."""
+    *lead, m, c = tokens.shape
+    if m != height * width:
+        raise ValueError(f"{m} tokens cannot form a {height}x{width} image")
+    return tokens.reshape(*lead, height, width, c)
+
+
+def audio_to_tokens(waveform: Array) -> Array:
+    """Mono waveform `[..., T]` -> `[..., T, 1]` (one sample per token)."""
+    if waveform.ndim == 0:
+        raise ValueError("audio must be a waveform [..., T]")
+    return waveform[..., None]
+
+
+def video_to_tokens(video: Array) -> Array:
+    """Video `[..., T, H, W, C]` -> `[..., T*H*W, C]` (frame by frame, raster order)."""
+    if video.ndim < 4:
+        raise ValueError(f"video must be [..., T, H, W, C], got shape {tuple(video.shape)}")
+    *lead, t, h, w, c = video.shape
+    return video.reshape(*lead, t * h * w, c)
+
+
+def tokens_to_video(tokens: Array, frames: int, height: int, width: int) -> Array:
+    """`[..., T*H*W, C]` -> `[..., T, H, W, C]`."""
+    *lead, m, c = tokens.shape
+    if m != frames * height * width:
+        raise ValueError(f"{m} tokens cannot form {frames}x{height}x{width} video")
+    return tokens.reshape(*lead, frames, height, width, c)
+
+
+def points_to_tokens(points: Array) -> Array:
+    """Point set `[..., N, D]` is already flat: checked and returned."""
+    if points.ndim < 2:
+        raise ValueError(f"points must be [..., N, D], got shape {tuple(points.shape)}")
+    return points
+
+
+def modality_shapes(example: dict[str, Array]) -> dict[str, tuple[int, int]]:
+    """`{name: [M, C] or [B, M, C]}` -> `{name: (M, C)}`, the `modalities` argument of create_model."""
+    return {k: (int(v.shape[-2]), int(v.shape[-1])) for k, v in example.items()}
