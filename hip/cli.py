@@ -12,6 +12,7 @@ from hip.errors import UserError
 # Modules exposing `register(subparsers)`; each adds its subcommand(s) and sets `func`.
 COMMAND_MODULES = [
     "hip.demo",
+    "hip.train.cli",
     "hip.data.cli",
 ]
 

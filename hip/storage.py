@@ -105,7 +105,7 @@ def join(base: str | os.PathLike, name: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _client_cached(config: S3Config) -> Any:
+def _client_cached(config: S3Config, pid: int) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -125,8 +125,12 @@ def _client_cached(config: S3Config) -> Any:
 
 
 def s3_client(config: S3Config | None = None) -> Any:
-    """A boto3 S3 client (cached per config) with standard retries and exponential backoff."""
-    return _client_cached((config or S3Config()).resolved())
+    """A boto3 S3 client (cached per config and process) with standard retries and backoff.
+
+    Cached per process id: a client (and its connection pool) inherited through fork by a
+    DataLoader worker would share sockets with its parent and mix up responses.
+    """
+    return _client_cached((config or S3Config()).resolved(), os.getpid())
 
 
 def _transfer_config() -> Any:
@@ -259,5 +263,12 @@ def check_bucket(uri: str, config: S3Config | None = None) -> None:
     if not is_s3(uri):
         return
     bucket, _ = split_s3(uri)
-    with _wrap(uri, config):
-        s3_client(config).head_bucket(Bucket=bucket)
+    try:
+        with _wrap(uri, config):
+            s3_client(config).head_bucket(Bucket=bucket)
+    except FileNotFoundError:  # HeadBucket answers a bare 404 for a missing bucket
+        cfg = (config or S3Config()).resolved()
+        raise UserError(
+            f"S3 bucket does not exist at endpoint {cfg.endpoint_url or 'AWS default'}, "
+            f"bucket {bucket!r}"
+        ) from None

@@ -1,0 +1,261 @@
+"""Every source type -> shards -> loader batches, on real data where it is available."""
+
+from __future__ import annotations
+
+import csv
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hip.data import loader, read_manifest, shard, verify
+from hip.errors import UserError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (CI checks out ../shared beside the repo)")
+    return path
+
+
+def one_batch(out, split, bs, **kw):
+    return next(iter(loader(out, split, bs, train=False, **kw)))
+
+
+def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(x.astype("<i2").tobytes())
+
+
+def test_imagefolder_mnist_real(tmp_path):
+    root = need(SHARED / "mnist_png_subset")
+    m = shard("imagefolder", root / "train", tmp_path, "train", limit=3, max_count=8)
+    info = m["splits"]["train"]
+    assert info["num_samples"] == 30 and [s["count"] for s in info["shards"]] == [8, 8, 8, 6]
+    assert m["label_names"] == [str(d) for d in range(10)] and m["task"] == "classification"
+    assert m["modalities"]["image"]["shape"] == [784, 1]
+    b = one_batch(tmp_path, "train", 30)
+    x = b["inputs"]["image"]
+    assert x.shape == (30, 784, 1) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert b["label"].dtype == torch.long and sorted(b["label"].tolist()) == sorted(
+        list(range(10)) * 3
+    )
+    # the pixels are MNIST's: the first PNG of class 0 round-trips exactly
+    first = sorted((root / "train" / "0").glob("*.png"))[0]
+    i = b["key"].index(f"0_{first.stem}")
+    ref = np.asarray(Image.open(first), dtype=np.float32).reshape(-1) / 255.0
+    assert np.allclose(x[i, :, 0].numpy(), ref)
+
+
+def test_fsdd_preset_split_and_fixed_length(tmp_path):
+    root = need(SHARED / "fsdd")
+    m = shard("audiofolder", root, tmp_path, "test", preset="fsdd", limit=2)
+    info = m["splits"]["test"]
+    assert info["num_samples"] == 20
+    assert m["modalities"]["audio"]["shape"] == [8000, 1]
+    assert m["modalities"]["audio"]["sample_rate"] == 8000
+    b = one_batch(tmp_path, "test", 20)
+    assert b["inputs"]["audio"].shape == (20, 8000, 1)
+    assert b["inputs"]["audio"].abs().max() <= 1.0 and b["inputs"]["audio"].abs().max() > 0.01
+    # only index 0-4 belong to the official test split
+    assert all(int(k.rsplit("_", 1)[1]) <= 4 for k in b["key"])
+    # the same tool writes the train split into the same directory; the manifest keeps both
+    with pytest.raises(UserError, match="shape"):  # splits of one manifest share shapes
+        shard("audiofolder", root, tmp_path, "train", preset="fsdd", limit=1, sample_rate=4000)
+    shard("audiofolder", root, tmp_path, "train", preset="fsdd", limit=1)
+    m2 = read_manifest(tmp_path)
+    assert set(m2["splits"]) == {"test", "train"}
+
+
+def test_audiofolder_regex_and_folders(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for lab in ("yes", "no"):
+        for i in range(3):
+            write_wav(
+                src / f"{lab}-{i}.wav", np.full(100 + i, 1000 if lab == "yes" else -1000), 16000
+            )
+    (src / "readme.wav").write_bytes(b"not audio at all")
+    m = shard(
+        "audiofolder",
+        src,
+        tmp_path / "o",
+        pattern=r"^(?P<label>[a-z]+)-\d+\.wav$",
+        audio_length=128,
+    )
+    assert m["label_names"] == ["no", "yes"]
+    assert m["splits"]["train"]["num_samples"] == 6
+    assert any("readme.wav" in s["input"] for s in m["splits"]["train"]["skipped"])
+    b = one_batch(tmp_path / "o", "train", 6)
+    yes = b["label"] == 1
+    assert torch.allclose(b["inputs"]["audio"][yes, 0, 0], torch.tensor(1000 / 32768))
+    assert b["inputs"]["audio"][0, 120, 0] == 0  # padded with silence
+    with pytest.raises(UserError, match="clip-seconds"):
+        shard("audiofolder", src, tmp_path / "o2", pattern=r"^(?P<label>[a-z]+)-")
+
+
+def test_segfolder_isbi_binary_masks(tmp_path):
+    root = need(SHARED / "isbi2012_em_membrane")
+    m = shard("segfolder", root, tmp_path, "train", limit=3, resize="32")
+    assert m["task"] == "segmentation" and m["label_names"] == ["0", "1"]
+    assert m["targets"]["mask"]["shape"] == [1024]
+    b = one_batch(tmp_path, "train", 3)
+    assert b["inputs"]["image"].shape == (3, 1024, 1)
+    assert b["mask"].shape == (3, 1024) and b["mask"].dtype == torch.long
+    assert set(b["mask"].unique().tolist()) == {0, 1}
+
+
+def make_voc(root: Path, n: int = 4) -> Path:
+    voc = root / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / d).mkdir(parents=True)
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (3 * 252) + [224, 224, 192]
+    ids = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        name = f"2007_{i:06d}"
+        ids.append(name)
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"{name}.jpg"
+        )
+        mask = np.zeros((40, 50), np.uint8)
+        mask[10:30, 10:30] = 1 + i % 2
+        mask[9, :] = 255  # void border
+        im = Image.fromarray(mask, mode="P")
+        im.putpalette(palette)
+        im.save(voc / "SegmentationClass" / f"{name}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:3]) + "\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text(ids[3] + "\n")
+    return voc
+
+
+def test_voc_palette_masks_keep_ignore(tmp_path):
+    voc = make_voc(tmp_path / "voc")
+    m = shard("voc", voc.parent, tmp_path / "o", "train", resize="32x40", image_format="jpeg")
+    assert m["label_names"][0] == "background" and len(m["label_names"]) == 21
+    assert m["modalities"]["image"]["shape"] == [1280, 3]
+    b = one_batch(tmp_path / "o", "train", 3)
+    assert b["mask"].shape == (3, 1280)
+    assert {0, 1, 2, 255} >= set(b["mask"].unique().tolist()) >= {0, 255}
+    m = shard("voc", voc, tmp_path / "o", "val", resize="32x40")
+    assert m["splits"]["val"]["num_samples"] == 1
+    with pytest.raises(UserError, match="split file"):
+        shard("voc", voc, tmp_path / "o", "trainval")
+
+
+def make_mp4(path: Path, seconds: float = 1.0, rate: int = 16000) -> None:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = 32, 24, "yuv420p"
+        a = c.add_stream("aac", rate=rate)
+        a.layout = "mono"
+        for i in range(int(10 * seconds)):
+            img = np.full((24, 32, 3), i * 20, np.uint8)
+            for p in v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        t = np.arange(int(rate * seconds)) / rate
+        x = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(x, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for p in a.encode(frame):
+            c.mux(p)
+        for p in a.encode():
+            c.mux(p)
+
+
+def test_audioset_multilabel_audio_and_video(tmp_path):
+    root = tmp_path / "as"
+    clips = root / "clips"
+    clips.mkdir(parents=True)
+    with open(root / "class_labels_indices.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "mid", "display_name"])
+        w.writerows([[0, "/m/09x0r", "Speech"], [1, "/m/04rlf", "Music"], [2, "/m/0jbk", "Animal"]])
+    seg = [
+        "# Segments csv created Sun Mar  5 10:54:31 2017",
+        "# YTID, start_seconds, end_seconds, positive_labels",
+        'vidAAAAAAA, 30.000, 40.000, "/m/09x0r,/m/04rlf"',
+        'wavBBB-_Bb, 0.000, 10.000, "/m/0jbk"',
+        'missingCCC, 0.000, 10.000, "/m/0jbk"',
+    ]
+    (root / "segments.csv").write_text("\n".join(seg) + "\n")
+    make_mp4(clips / "vidAAAAAAA_30000.mp4")
+    write_wav(clips / "wavBBB-_Bb.wav", np.arange(16000) % 200 - 100, 16000)
+    m = shard(
+        "audioset",
+        root,
+        tmp_path / "o",
+        "train",
+        clip_seconds=1.0,
+        sample_rate=8000,
+        fps=5,
+        video_size="8x8",
+    )
+    info = m["splits"]["train"]
+    assert m["task"] == "multilabel" and m["label_names"] == ["Speech", "Music", "Animal"]
+    assert any(s["input"] == "missingCCC" for s in info["skipped"])
+    # one clip has video, one has not: the mp4 defines the modalities, the wav is reported
+    assert info["num_samples"] == 1 and m["modalities"]["video"]["shape"] == [5 * 64, 3]
+    assert m["modalities"]["audio"]["shape"] == [8000, 1]
+    assert any("wavBBB" in s["input"] and "differs" in s["reason"] for s in info["skipped"])
+    b = one_batch(tmp_path / "o", "train", 1)
+    assert b["label"].tolist() == [[1.0, 1.0, 0.0]]
+    assert b["inputs"]["video"].shape == (1, 320, 3) and b["inputs"]["audio"].shape == (1, 8000, 1)
+    # frames advance in time: the clip brightens frame by frame
+    frames = b["inputs"]["video"].reshape(5, 64, 3).mean(dim=(1, 2))
+    assert torch.all(frames[1:] > frames[:-1])
+
+
+def test_csv_manifest_and_corrupt_file_reported(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rows = []
+    for i in range(6):
+        Image.fromarray(np.full((6, 6, 3), i * 40, np.uint8)).save(d / f"im{i}.png")
+        rows.append((f"imgs/im{i}.png", "cat" if i % 2 else "dog"))
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows.append(("imgs/broken.png", "cat"))
+    rows.append(("imgs/absent.png", "dog"))
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+    m = shard("csv", tmp_path / "list.csv", tmp_path / "o")
+    info = m["splits"]["train"]
+    assert m["label_names"] == ["cat", "dog"] and info["num_samples"] == 6
+    reasons = {Path(s["input"]).name: s["reason"] for s in info["skipped"]}
+    assert set(reasons) == {"broken.png", "absent.png"}
+    assert "FileNotFoundError" in reasons["absent.png"]
+    assert m["modalities"]["image"]["shape"] == [36, 3]
+    assert verify(tmp_path / "o") == []
+
+
+@pytest.mark.parametrize("name,side", [("mnist5k", 28), ("digits", 8)])
+def test_package_datasets(tmp_path, name, side):
+    m = shard(name, None, tmp_path, "test", limit=2)
+    assert m["splits"]["test"]["num_samples"] == 20
+    b = one_batch(tmp_path, "test", 20)
+    assert b["inputs"]["image"].shape == (20, side * side, 1)
+    assert b["inputs"]["image"].max() > 0.5  # real digits have ink
+    assert sorted(b["label"].tolist()) == sorted(list(range(10)) * 2)
+
+
+def test_unknown_source_and_empty_input(tmp_path):
+    with pytest.raises(UserError, match="unknown source"):
+        shard("tfrecord", tmp_path, tmp_path / "o")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(UserError, match="no inputs"):
+        shard("imagefolder", tmp_path / "empty", tmp_path / "o")
+    with pytest.raises(UserError, match="no such directory"):
+        shard("imagefolder", tmp_path / "nope", tmp_path / "o")
