@@ -2,12 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint format bench-gpu clean
+.PHONY: setup demo mae-demo test lint format bench-gpu clean stack stack-stop stack-status
 
 setup:
 	@bash scripts/setup.sh
 
 demo: setup
+	$(PY) -m flows
+
+mae-demo: setup
 	$(VENV)/bin/hip demo
 
 lint: setup
@@ -26,3 +29,13 @@ bench-gpu: setup
 
 clean:
 	rm -rf $(VENV) outputs runs .pytest_cache .ruff_cache
+
+# The local stack: Prefect server + work pools + worker, MLflow server, SeaweedFS S3 (127.0.0.1).
+stack: setup
+	infra/stack.sh start
+
+stack-stop:
+	infra/stack.sh stop
+
+stack-status:
+	infra/stack.sh status
