@@ -1,0 +1,346 @@
+"""Run configuration: OmegaConf structured dataclasses, YAML presets shipped as package data.
+
+Config flows one way: schema defaults <- preset YAML (``hip/configs/train`` or
+``hip/configs/benchmarks``, or a path) <- command-line dotlist overrides
+(``optim.lr=1e-3 run.out=/tmp/x``). Every key and type is checked before any work starts:
+an unknown key or a value of the wrong type raises :class:`hip.errors.UserError` naming
+the key, with a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hip.errors import UserError
+
+STAGES = ("pretrain", "finetune", "evaluate")
+TASKS = ("mae", "classification", "multilabel", "segmentation")
+SECRET_WORDS = ("secret", "password", "token", "key", "credential")
+
+
+@dataclass
+class ModelSection:
+    """Which HiP: a preset name (hip/configs/model) plus field overrides (e.g. dropout_prob)."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """Where batches come from: a shard manifest (hip.data) or a small built-in source."""
+
+    manifest: str | None = None  # path or URI of a hip.data manifest.json (or its folder)
+    source: str | None = None  # built-in in-memory source when no manifest: mnist5k, digits, ...
+    split: str = "train"
+    eval_split: str = "test"
+    batch_size: int = 8  # per process (rank); the global batch is batch_size x world x accum
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    limit: int | None = None  # use at most this many samples per split (smoke tests)
+
+
+@dataclass
+class OptimSection:
+    """AdamW + linear warmup + cosine decay (MAE's recipe)."""
+
+    lr: float | None = None  # absolute peak lr; null -> base_lr x global_batch / 256
+    base_lr: float = 1.5e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    total_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (norm still logged)
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+
+@dataclass
+class MAESection:
+    """Masked auto-encoding settings."""
+
+    mask_ratio: float = 0.85
+    norm_targets: bool = False
+
+
+@dataclass
+class TaskSection:
+    """What is trained: MAE pretraining or a finetuning task on a benchmark."""
+
+    type: str = "mae"  # mae | classification | multilabel | segmentation
+    benchmark: str | None = None
+    num_classes: int | None = None  # null -> from the data (manifest label_names)
+    pretrained: str | None = None  # pretraining checkpoint to start from (finetune)
+    freeze_positions: bool = False
+
+
+@dataclass
+class RunSection:
+    """Run folder, checkpoints, resumption, seeding, device and numerics."""
+
+    name: str = "run"
+    out: str = "runs/${run.name}"
+    checkpoint_dir: str | None = None  # null -> <run.out>/checkpoints; may be s3://bucket/prefix
+    checkpoint_every: int = 50
+    keep_last: int = 3
+    resume: str = "auto"  # auto | never | PATH to a checkpoint
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    compile: bool = False
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when launched by torchrun
+    log_every: int = 1
+    progress: bool = True
+    stop_at_step: int | None = None  # stop early (as if preempted) after this step
+    eval_batches: int | None = None  # evaluate on at most this many batches
+
+
+@dataclass
+class TrackingSection:
+    """MLflow: where, which experiment, parent run (pipeline), what to log."""
+
+    enabled: bool = True
+    uri: str | None = None  # null -> $MLFLOW_TRACKING_URI or sqlite:///<abs run root>/mlflow.db
+    experiment: str = "hip"
+    parent_run_id: str | None = None  # or $HIP_MLFLOW_PARENT_RUN_ID (pipeline -> workers)
+    run_name: str | None = None
+    system_metrics: bool = True  # only when psutil is installed
+    log_checkpoint: bool = True
+    register_model: bool = True  # finetune: register as hip-<benchmark>
+
+
+@dataclass
+class EvalSection:
+    """Evaluation: which checkpoint, split, where the report goes."""
+
+    checkpoint: str | None = None
+    split: str | None = None  # null -> data.eval_split
+    out: str | None = None  # null -> <run.out>/eval
+    reconstructions: int = 8
+
+
+@dataclass
+class Config:
+    """The whole run configuration (one schema for every stage)."""
+
+    stage: str = "pretrain"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    mae: MAESection = field(default_factory=MAESection)
+    task: TaskSection = field(default_factory=TaskSection)
+    run: RunSection = field(default_factory=RunSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def _preset_dir(kind: str) -> Any:
+    return resources.files("hip") / "configs" / kind
+
+
+def available_configs(kind: str = "train") -> list[str]:
+    """Preset names shipped in hip/configs/<kind> (train or benchmarks)."""
+    folder = _preset_dir(kind)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str, kind: str = "train") -> tuple[str, str]:
+    """YAML text and origin of a preset name (from package data) or a path to a YAML file."""
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        return path.read_text(), str(path.resolve())
+    names = available_configs(kind)
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        raise UserError(
+            f"unknown {kind} config {name!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; available: {', '.join(names) or 'none'} (or give a path to a .yaml file)"
+        )
+    return (_preset_dir(kind) / f"{name}.yaml").read_text(), f"hip/configs/{kind}/{name}.yaml"
+
+
+def _schema_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema (dict-typed fields count as leaves)."""
+    keys = []
+    for k in node.keys():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        child = node._get_node(k)
+        if isinstance(child, DictConfig) and OmegaConf.get_type(child) not in (dict, None):
+            keys.extend(_schema_keys(child, full + "."))
+    return keys
+
+
+def _raise_nice(exc: OmegaConfBaseException, origin: str, schema: DictConfig) -> None:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(getattr(exc, "msg", exc)).split("\n")[0]
+    if (
+        "not in" in msg
+        or "Key" in type(exc).__name__
+        or "ConfigAttributeError" in type(exc).__name__
+    ):
+        hint = difflib.get_close_matches(key, _schema_keys(schema), n=1, cutoff=0.5)
+        raise UserError(
+            f"unknown config key {key!r} in {origin}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        ) from None
+    raise UserError(f"bad value for config key {key!r} in {origin}: {msg}") from None
+
+
+def _merge(base: DictConfig, other: Any, origin: str, schema: DictConfig) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as exc:
+        _raise_nice(exc, origin, schema)
+        raise  # unreachable
+
+
+def _parse_dotlist(overrides: list[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise UserError(f"overrides must look like key=value (e.g. optim.lr=1e-3), got {bad}")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise UserError(f"cannot parse overrides {overrides}: {exc}") from None
+
+
+def load_config(
+    stage: str = "pretrain",
+    name: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    kind: str | None = None,
+) -> DictConfig:
+    """Schema <- preset `name` (train or benchmarks preset, or a YAML path) <- dotlist overrides.
+
+    Raises UserError naming any unknown key or mistyped value; the result is validated.
+    """
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    schema = OmegaConf.structured(Config)
+    cfg = schema.copy()
+    if name:
+        kind = kind or (
+            "benchmarks"
+            if stage == "finetune" and name in available_configs("benchmarks")
+            else "train"
+        )
+        text, origin = preset_text(name, kind)
+        try:
+            loaded = OmegaConf.create(text)
+        except Exception as exc:  # YAML syntax
+            raise UserError(f"cannot parse {origin}: {exc}") from None
+        cfg = _merge(cfg, loaded, origin, schema)
+    cfg = _merge(cfg, {"stage": stage}, "stage", schema)
+    if overrides:
+        cfg = _merge(cfg, _parse_dotlist(list(overrides)), "command-line overrides", schema)
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), allowed, n=1)
+        raise UserError(
+            f"{key}={value!r} is not one of {', '.join(allowed)}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Semantic checks (choices, ranges, model overrides) that the type system cannot express."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise UserError(f"config does not resolve: {exc}") from None
+    _choice(cfg.stage, STAGES, "stage")
+    _choice(cfg.task.type, TASKS, "task.type")
+    _choice(cfg.run.precision, ("auto", "bf16", "fp32"), "run.precision")
+    _choice(cfg.run.strategy, ("ddp", "fsdp"), "run.strategy")
+    dev = str(cfg.run.device)
+    if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
+        raise UserError(f"run.device={dev!r}: use auto, cpu, cuda or cuda:N")
+    if cfg.stage == "pretrain" and cfg.task.type != "mae":
+        raise UserError(f"pretrain trains task.type=mae, got task.type={cfg.task.type!r}")
+    if cfg.stage == "finetune" and cfg.task.type == "mae":
+        raise UserError("finetune needs task.type classification, multilabel or segmentation")
+    positive = {
+        "data.batch_size": cfg.data.batch_size,
+        "optim.total_steps": cfg.optim.total_steps,
+        "optim.grad_accum": cfg.optim.grad_accum,
+        "run.checkpoint_every": cfg.run.checkpoint_every,
+        "run.keep_last": cfg.run.keep_last,
+        "run.log_every": cfg.run.log_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"{key} must be >= 1, got {value}")
+    if cfg.optim.warmup_steps < 0:
+        raise UserError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    if not 0.0 < cfg.mae.mask_ratio < 1.0:
+        raise UserError(f"mae.mask_ratio must be in (0, 1), got {cfg.mae.mask_ratio}")
+    if cfg.data.num_workers < 0:
+        raise UserError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    # The model preset and its overrides are checked now, not after the data has loaded.
+    from hip.model import make_config
+
+    try:
+        make_config(cfg.model.preset, **OmegaConf.to_container(cfg.model.overrides, resolve=True))
+    except (ValueError, NotImplementedError, TypeError) as exc:
+        raise UserError(f"model: {exc}") from None
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python types (what checkpoints and MLflow store)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict[str, Any]) -> DictConfig:
+    """Rebuild a typed config from a plain dict (e.g. one stored in a checkpoint)."""
+    schema = OmegaConf.structured(Config)
+    return _merge(schema, data, "stored config", schema)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML text."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def is_secret(key: str) -> bool:
+    """Whether a (dotted) key names a secret: secret, password, token, key, credential."""
+    last = key.lower().split(".")[-1]
+    return any(word in last for word in SECRET_WORDS)
+
+
+def flatten(data: Any, prefix: str = "", redact: bool = True) -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; values of secret-looking keys become "***"."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        if not data and prefix:
+            out[prefix[:-1]] = "{}"
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}.", redact))
+        return out
+    key = prefix[:-1]
+    out[key] = "***" if redact and is_secret(key) and data not in (None, "") else data
+    return out

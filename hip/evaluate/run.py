@@ -1,0 +1,114 @@
+"""The evaluate stage: checkpoint -> metrics on a held-out split -> CSV + report -> MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hip.config import from_dict, validate
+from hip.errors import UserError
+from hip.evaluate import EvalResult, evaluate_model
+from hip.evaluate.report import write_report
+from hip.train import checkpoint as ckpt
+from hip.train.data import open_source
+from hip.train.distributed import pick_device
+from hip.train.metrics import read_metrics
+
+
+@dataclass
+class EvaluateOutput:
+    """Metrics, the files written and the MLflow run id."""
+
+    result: EvalResult
+    files: dict[str, Path]
+    checkpoint: str
+    run_id: str | None
+
+
+def find_checkpoint(cfg: DictConfig) -> str:
+    """`eval.checkpoint`, else the latest checkpoint of `run.out`."""
+    if cfg.eval.checkpoint:
+        return str(cfg.eval.checkpoint)
+    found = ckpt.latest(
+        str(cfg.run.checkpoint_dir or Path(str(cfg.run.out)).expanduser() / "checkpoints")
+    )
+    if not found:
+        raise UserError(
+            f"no checkpoint: set eval.checkpoint=PATH (nothing in {cfg.run.out}/checkpoints)"
+        )
+    return found
+
+
+def config_for_checkpoint(path: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The checkpoint's stored config as stage `evaluate`, with command-line overrides on top."""
+    payload = ckpt.load(path)
+    cfg = from_dict(payload["config"])
+    cfg.stage = "evaluate"
+    cfg.eval.checkpoint = path
+    if overrides:
+        from hip.config import Config, _merge, _parse_dotlist
+
+        cfg = _merge(
+            cfg,
+            _parse_dotlist(list(overrides)),
+            "command-line overrides",
+            OmegaConf.structured(Config),
+        )
+    cfg.run.resume = "never"
+    validate(cfg)
+    return cfg
+
+
+def evaluate(cfg: DictConfig) -> EvaluateOutput:
+    """Evaluate `eval.checkpoint` (or the run's latest) on `eval.split` and write the report."""
+    from hip import tracking
+
+    path = find_checkpoint(cfg)
+    model, payload = ckpt.load_model(path)
+    meta = payload["model_meta"]
+    task = meta["task"]
+    device = pick_device(str(cfg.run.device))
+    model.to(device)
+    source = open_source(cfg.data)
+    split = str(cfg.eval.split or cfg.data.eval_split)
+    result = evaluate_model(
+        model,
+        source,
+        task,
+        split=split,
+        batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size),
+        device=device,
+        max_batches=cfg.run.eval_batches,
+        limit=cfg.data.limit,
+        seed=int(cfg.run.seed),
+        num_reconstructions=int(cfg.eval.reconstructions),
+    )
+    run_dir = Path(path).parent.parent if "://" not in path else Path(str(cfg.run.out))
+    out = Path(str(cfg.eval.out)) if cfg.eval.out else Path(str(cfg.run.out)).expanduser() / "eval"
+    extra: dict[str, Any] = {
+        "benchmark": meta.get("benchmark") or "",
+        "checkpoint": path,
+        "step": int(payload["step"]),
+        "split": split,
+        "data": source.fingerprint,
+    }
+    title = f"HiP {task} evaluation" + (f" on {meta['benchmark']}" if meta.get("benchmark") else "")
+    files = write_report(result, out, read_metrics(run_dir / "metrics.jsonl"), title, extra)
+    tracker = tracking.start_stage(cfg, "evaluate", is_main=True, source=source)
+    try:
+        tracker.log_params(
+            {"eval": {"checkpoint": path, "split": split}, "model": {"preset": meta["preset"]}}
+        )
+        tracker.log_metrics(
+            {f"eval_{k}": v for k, v in result.metrics.items()}, int(payload["step"])
+        )
+        tracker.log_artifact(str(out), "report")
+        run_id = tracker.run_id
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return EvaluateOutput(result=result, files=files, checkpoint=path, run_id=run_id)

@@ -1,0 +1,346 @@
+"""MLflow tracking: a parent run per pipeline run, a child run per stage, rank 0 only.
+
+Default tracking URI: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<abs run root>/mlflow.db``
+with the experiment's artifacts under ``<abs run root>/mlartifacts`` (the run root is the
+parent folder of ``run.out``). The parent run id reaches torchrun workers through
+``tracking.parent_run_id`` or the ``HIP_MLFLOW_PARENT_RUN_ID`` environment variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hip.config import flatten, to_dict
+from hip.errors import UserError
+
+PARENT_ENV = "HIP_MLFLOW_PARENT_RUN_ID"
+
+
+def run_root(cfg: DictConfig) -> Path:
+    """The folder holding this run's folder (shared by runs: db and artifacts live here)."""
+    return Path(str(cfg.run.out)).expanduser().resolve().parent
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else a SQLite file under the run root."""
+    if cfg.tracking.uri:
+        return str(cfg.tracking.uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = run_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_location(cfg: DictConfig, uri: str) -> str | None:
+    """Absolute artifact folder for new experiments on a local store (None for a server)."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (run_root(cfg) / "mlartifacts").as_uri()
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Raise UserError within seconds when an HTTP tracking server does not answer /health."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise UserError(f"MLflow server {uri} is not healthy (HTTP {resp.status})")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, fix tracking.uri, "
+            "or set tracking.enabled=false"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quick_http() -> Iterator[None]:
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _uri_env_preserved() -> Iterator[None]:
+    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI; undo that afterwards."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        _restore_env("MLFLOW_TRACKING_URI", before)
+
+
+def _experiment_id(client: Any, name: str, location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def redacted_params(config: dict[str, Any]) -> dict[str, str]:
+    """Flattened config, secrets replaced by "***", values as MLflow-sized strings."""
+    return {k: str(v)[:6000] for k, v in flatten(config).items()}
+
+
+class NullRun:
+    """Tracking disabled or not rank 0: every call does nothing."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Do nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Do nothing."""
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Do nothing."""
+
+    def log_checkpoint(self, path: str) -> None:
+        """Do nothing."""
+
+    def log_dataset(self, source: Any, context: str = "train") -> None:
+        """Do nothing."""
+
+    def register_model(self, checkpoint: str, benchmark: str) -> None:
+        """Do nothing."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Do nothing."""
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Do nothing."""
+
+
+class StageRun(NullRun):
+    """One MLflow run (a stage, child of the pipeline's parent run when there is one)."""
+
+    def __init__(self, cfg: DictConfig, stage: str, source: Any = None):
+        import mlflow
+
+        self.cfg = cfg
+        self.uri = tracking_uri(cfg)
+        self._env_before = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri changes it
+        with _quick_http():
+            check_reachable(self.uri)
+            mlflow.set_tracking_uri(self.uri)
+            self.client = mlflow.MlflowClient(self.uri)
+            try:
+                exp_id = _experiment_id(
+                    self.client, str(cfg.tracking.experiment), artifact_location(cfg, self.uri)
+                )
+            except Exception as exc:
+                raise UserError(
+                    f"MLflow at {self.uri} failed: {type(exc).__name__}: {str(exc)[:300]}"
+                ) from None
+        parent = cfg.tracking.parent_run_id or os.environ.get(PARENT_ENV) or None
+        tags = {"hip.stage": stage, "hip.task": str(cfg.task.type)}
+        if cfg.task.benchmark:
+            tags["hip.benchmark"] = str(cfg.task.benchmark)
+        if source is not None:
+            tags["hip.data_fingerprint"] = str(source.fingerprint)
+        if parent:
+            tags["mlflow.parentRunId"] = str(parent)
+        system = (
+            bool(cfg.tracking.system_metrics) and importlib.util.find_spec("psutil") is not None
+        )
+        self.active = mlflow.start_run(
+            nested=mlflow.active_run() is not None,  # e.g. inside a caller's (parent) run
+            experiment_id=exp_id,
+            run_name=cfg.tracking.run_name or f"{stage}-{cfg.run.name}",
+            tags=tags,
+            log_system_metrics=system,
+        )
+        self.run_id = self.active.info.run_id
+        if source is not None:
+            self.log_dataset(source, "train")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log the flattened, redacted config (in batches of 100)."""
+        import mlflow
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in redacted_params(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+        del mlflow
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log numeric metrics at `step`."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, int(step))
+            for k, v in metrics.items()
+            if isinstance(v, (int, float))
+        ]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Upload a file or folder if it exists."""
+        p = Path(path)
+        if not p.exists():
+            return
+        if p.is_dir():
+            self.client.log_artifacts(self.run_id, str(p), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def log_checkpoint(self, path: str) -> None:
+        """Upload a local checkpoint (or record a remote one's URI as a tag)."""
+        self.set_tags({"hip.checkpoint": str(path)})
+        if "://" not in str(path) and self.cfg.tracking.log_checkpoint:
+            self.log_artifact(path, "checkpoint")
+
+    def log_dataset(self, source: Any, context: str = "train") -> None:
+        """The data (shard manifest or built-in source) as an MLflow dataset input."""
+        import mlflow
+        import pandas as pd
+
+        rows = []
+        manifest = getattr(source, "manifest", None) or {}
+        for name, info in (manifest.get("modalities") or {}).items():
+            rows.append({"kind": "modality", "name": name, "value": str(info.get("shape"))})
+        for split, info in (manifest.get("splits") or {}).items():
+            for shard in (info or {}).get("shards") or []:
+                if isinstance(shard, dict):
+                    rows.append(
+                        {
+                            "kind": f"shard:{split}",
+                            "name": str(shard.get("name")),
+                            "value": str(shard.get("sha256")),
+                        }
+                    )
+        if not rows:
+            rows = [
+                {"kind": "modality", "name": k, "value": str(list(v))}
+                for k, v in source.modalities.items()
+            ]
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        where = getattr(source, "manifest_path", None)
+        origin: Any = CodeDatasetSource(tags={"hip.source": f"builtin:{source.name}"})
+        if where:
+            origin = str(Path(where).resolve()) if "://" not in str(where) else str(where)
+        kwargs = {"name": str(source.name), "digest": str(source.fingerprint)[:36]}
+        try:
+            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
+        except mlflow.exceptions.MlflowException:  # no resolver for this URI scheme
+            origin = CodeDatasetSource(tags={"hip.source": str(where)})
+            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
+        mlflow.log_input(ds, context=context, tags={"fingerprint": str(source.fingerprint)})
+
+    def register_model(self, checkpoint: str, benchmark: str) -> None:
+        """Register the logged checkpoint as a version of the model `hip-<benchmark>`."""
+        name = f"hip-{benchmark}"
+        with contextlib.suppress(Exception):
+            self.client.create_registered_model(name)
+        source = f"{self.active.info.artifact_uri.rstrip('/')}/checkpoint"
+        self.client.create_model_version(
+            name, source, run_id=self.run_id, tags={"checkpoint": Path(checkpoint).name}
+        )
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags."""
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run."""
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status=status)
+        else:
+            self.client.set_terminated(self.run_id, status=status)
+        _restore_env("MLFLOW_TRACKING_URI", self._env_before)
+
+
+def start_stage(cfg: DictConfig, stage: str, is_main: bool = True, source: Any = None) -> NullRun:
+    """A stage run on rank 0 when tracking is enabled, else a no-op."""
+    if not (is_main and cfg.tracking.enabled):
+        return NullRun()
+    return StageRun(cfg, stage, source)
+
+
+def start_pipeline_run(cfg: DictConfig, name: str = "pipeline") -> str:
+    """Create (and leave open) a parent run for a pipeline; returns its id for the stages."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    with _quick_http():
+        check_reachable(uri)
+        client = mlflow.MlflowClient(uri)
+        exp_id = _experiment_id(client, str(cfg.tracking.experiment), artifact_location(cfg, uri))
+    run = client.create_run(exp_id, run_name=name, tags={"hip.stage": "pipeline"})
+    client.log_batch(run.info.run_id, params=[], synchronous=True)
+    return run.info.run_id
+
+
+def end_pipeline_run(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> None:
+    """Close a parent run created by :func:`start_pipeline_run`."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri(cfg)).set_terminated(run_id, status=status)
+
+
+def search(
+    cfg: DictConfig, benchmark: str | None = None, experiments: list[str] | None = None
+) -> Any:
+    """Runs as a pandas DataFrame (`mlflow.search_runs`), optionally one benchmark's only."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    with _quick_http(), _uri_env_preserved():
+        check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        names = experiments or [str(cfg.tracking.experiment)]
+        filt = f"tags.`hip.benchmark` = '{benchmark}'" if benchmark else ""
+        return mlflow.search_runs(
+            experiment_names=names, filter_string=filt, order_by=["attributes.start_time DESC"]
+        )
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    """The flattened, redacted params a stage run logs for `cfg`."""
+    return redacted_params(to_dict(cfg))

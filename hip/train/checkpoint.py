@@ -1,0 +1,246 @@
+"""Checkpoints: atomic writes, keep-last-k, resumption, and rebuilding a model from one file.
+
+A checkpoint is a dict of tensors and plain Python values only, so it always loads with
+``torch.load(..., weights_only=True)``; anything else (a pickle that would run code) is
+refused. It holds the model, optimizer and scheduler states, the step, every RNG state
+(torch, numpy, python, cuda, the MAE mask generator), the resolved config and the data
+position, which is enough to resume exactly or to rebuild the model alone.
+
+Storage: local paths are written with :func:`hip.storage.atomic_write_bytes`; ``s3://``
+URIs go through ``hip.storage.write_bytes`` / ``read_bytes`` / ``delete`` (an S3 PUT is
+atomic: the object appears whole or not at all) and a boto3 listing (``run.checkpoint_dir``
+may be ``s3://bucket/prefix``). The seam is :func:`_write`, :func:`_read`, :func:`_list`.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import hip.storage as storage
+from hip.errors import UserError
+
+FORMAT = "hip-checkpoint"
+VERSION = 1
+NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+# ---------------------------------------------------------------------------- storage seam
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _need_remote(fn: str) -> Any:
+    f = getattr(storage, fn, None)
+    if f is None:
+        raise UserError(
+            f"remote checkpoint paths need hip.storage.{fn}, which is not available yet"
+        )
+    return f
+
+
+def _write(path: str, data: bytes) -> None:
+    if _is_remote(path):
+        _need_remote("write_bytes")(path, data)
+    else:
+        storage.atomic_write_bytes(path, data)
+
+
+def _read(path: str) -> bytes:
+    if _is_remote(path):
+        return _need_remote("read_bytes")(path)
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p}")
+    return p.read_bytes()
+
+
+def _list(folder: str) -> list[str]:
+    if _is_remote(folder):
+        if hasattr(storage, "list_dir"):
+            return [str(n).rstrip("/").split("/")[-1] for n in storage.list_dir(folder)]
+        bucket, prefix = storage.split_s3(folder)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        pages = (
+            storage.s3_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        )
+        return [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
+    p = Path(folder)
+    return [c.name for c in p.iterdir()] if p.is_dir() else []
+
+
+def _delete(path: str) -> None:
+    if _is_remote(path):
+        delete = getattr(storage, "delete", None)
+        if delete:
+            delete(path)
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{str(folder).rstrip('/')}/{name}" if _is_remote(folder) else str(Path(folder) / name)
+
+
+# ---------------------------------------------------------------------------- RNG states
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG state as tensors / plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+# ---------------------------------------------------------------------------- save / load
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint after `step` optimizer steps."""
+    return f"step-{step:08d}.pt"
+
+
+def save(payload: dict[str, Any], folder: str, step: int, keep_last: int | None = None) -> str:
+    """Write `payload` atomically as `folder/step-XXXXXXXX.pt`, then keep only the last k."""
+    payload = {"format": FORMAT, "version": VERSION, **payload, "step": int(step)}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = _join(folder, checkpoint_name(step))
+    _write(path, buf.getvalue())
+    if keep_last:
+        for old in list_checkpoints(folder)[:-keep_last]:
+            _delete(old)
+    return path
+
+
+def list_checkpoints(folder: str) -> list[str]:
+    """Checkpoint paths in `folder`, oldest first."""
+    names = sorted(n for n in _list(folder) if NAME.match(n))
+    return [_join(folder, n) for n in names]
+
+
+def latest(folder: str) -> str | None:
+    """The newest checkpoint in `folder`, or None."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`; a file that needs arbitrary pickles is refused."""
+    data = _read(str(path))
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        AttributeError,
+        TypeError,
+        EOFError,
+        ValueError,
+    ) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"refusing to load {path}: not a safe hip checkpoint (weights_only load failed: {first})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a hip checkpoint (no format={FORMAT!r} marker)")
+    return payload
+
+
+def resolve_resume(resume: str, folder: str) -> str | None:
+    """Which checkpoint to resume from: `auto` -> latest in folder, `never` -> None, else a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest(folder)
+    if (_is_remote(resume) and not storage.exists(resume)) or (
+        not _is_remote(resume) and not Path(resume).is_file()
+    ):
+        raise UserError(f"run.resume={resume!r}: no such checkpoint (use auto, never or a path)")
+    return resume
+
+
+def build_model(meta: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the (untrained) module a checkpoint's `model_meta` describes."""
+    from hip.model import MAE, MAEConfig, create_model, create_task_model
+
+    mods = {k: tuple(v) for k, v in meta["modalities"].items()}
+    overrides = dict(meta.get("overrides") or {})
+    if meta["task"] == "mae":
+        mae_cfg = meta.get("mae") or {}
+        return MAE(
+            create_model(meta["preset"], mods, **overrides),
+            MAEConfig(
+                mask_ratio=float(mae_cfg.get("mask_ratio", 0.85)),
+                norm_targets=bool(mae_cfg.get("norm_targets", False)),
+            ),
+        )
+    return create_task_model(
+        meta["task"], meta["preset"], mods, int(meta["num_classes"]), **overrides
+    )
+
+
+def load_model(
+    path: str, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a checkpoint's model from the file alone; returns `(model in eval mode, checkpoint)`."""
+    payload = load(path, map_location)
+    model = build_model(payload["model_meta"])
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return model, payload

@@ -1,0 +1,210 @@
+"""`hip pretrain | finetune | evaluate | config | compare`: the training stages on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from hip.errors import UserError
+
+OVERRIDES_HELP = "config overrides as key=value, e.g. optim.lr=1e-3 run.out=/tmp/run"
+
+
+class _Intermixed(argparse.ArgumentParser):
+    """Lets `key=value` overrides come before or after options (`--config X a=b`)."""
+
+    _busy = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """Intermixed parsing of options and positional overrides."""
+        if self._busy:
+            return super().parse_known_args(args, namespace)
+        self._busy = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._busy = False
+
+
+def _add_common(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    p.__class__ = _Intermixed
+    p.add_argument(
+        "--config",
+        "-c",
+        default=default_config,
+        help="preset name (hip config list) or a YAML path",
+    )
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def _print_result(stage: str, result: Any) -> None:
+    last = result.history[-1] if result.history else {}
+    parts = [f"{stage}: step {result.step}"]
+    if "loss" in last:
+        parts.append(f"loss {last['loss']:.4f}")
+    parts += [f"eval_{k} {v:.4f}" for k, v in result.eval_metrics.items() if k != "num_samples"]
+    parts.append(f"checkpoint {result.checkpoint}")
+    if result.run_id:
+        parts.append(f"mlflow run {result.run_id}")
+    print(", ".join(parts))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Run MAE pretraining."""
+    from hip.config import load_config
+    from hip.train.loop import train
+
+    cfg = load_config("pretrain", args.config, args.overrides)
+    result = train(cfg)
+    if result.rank == 0:
+        _print_result("pretrain", result)
+    if result.world_size > 1:
+        print(f"rank {result.rank}/{result.world_size}: {result.batches_seen} batches", flush=True)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Finetune on a benchmark from a pretraining checkpoint."""
+    from hip.config import load_config
+    from hip.train.loop import train
+
+    name = args.config or args.benchmark
+    if not name:
+        raise UserError("give --benchmark NAME (hip config list) or --config NAME_OR_PATH")
+    overrides = list(args.overrides)
+    if args.pretrained:
+        overrides.append(f"task.pretrained={args.pretrained}")
+    kind = "benchmarks" if args.benchmark and not args.config else None
+    cfg = load_config("finetune", name, overrides, kind=kind)
+    result = train(cfg)
+    if result.rank == 0:
+        _print_result("finetune", result)
+    if result.world_size > 1:
+        print(f"rank {result.rank}/{result.world_size}: {result.batches_seen} batches", flush=True)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint and write the report."""
+    from hip.config import load_config
+    from hip.evaluate.run import config_for_checkpoint, evaluate
+
+    if args.checkpoint:
+        cfg = config_for_checkpoint(args.checkpoint, args.overrides)
+    else:
+        cfg = load_config("evaluate", args.config, args.overrides)
+    out = evaluate(cfg)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in out.result.metrics.items())
+    print(f"evaluate: {metrics}")
+    print(f"report: {out.files['html']}")
+    if out.run_id:
+        print(f"mlflow run {out.run_id}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the resolved config as YAML."""
+    from hip.config import load_config, to_yaml
+
+    kind = "benchmarks" if args.benchmark else None
+    cfg = load_config(args.stage, args.config or args.benchmark, args.overrides, kind=kind)
+    sys.stdout.write(to_yaml(cfg))
+    return 0
+
+
+def cmd_config_list(args: argparse.Namespace) -> int:
+    """List the shipped presets."""
+    from hip.config import available_configs
+    from hip.model import available_presets
+
+    print("train:      " + ", ".join(available_configs("train")))
+    print("benchmarks: " + ", ".join(available_configs("benchmarks")))
+    print("model:      " + ", ".join(available_presets()))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Table of tracked runs (mlflow.search_runs), newest first."""
+    import pandas as pd
+
+    from hip import tracking
+    from hip.config import load_config
+
+    cfg = load_config("evaluate", args.config, args.overrides)
+    experiments = args.experiment or sorted(
+        {str(cfg.tracking.experiment), "hip-pretrain", "hip-finetune"}
+    )
+    import mlflow
+
+    with tracking._quick_http(), tracking._uri_env_preserved():
+        tracking.check_reachable(tracking.tracking_uri(cfg))
+        mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+        experiments = [e for e in experiments if mlflow.get_experiment_by_name(e) is not None]
+    if not experiments:
+        print("no runs tracked yet")
+        return 0
+    runs = tracking.search(cfg, args.benchmark, experiments)
+    if runs.empty:
+        print(f"no runs for benchmark {args.benchmark!r}" if args.benchmark else "no runs")
+        return 0
+    cols = [
+        "run_id",
+        "tags.mlflow.runName",
+        "tags.hip.stage",
+        "tags.hip.benchmark",
+        "status",
+        "start_time",
+    ]
+    metric_cols = [
+        c for c in runs.columns if c.startswith("metrics.eval_") and not c.endswith("num_samples")
+    ]
+    metric_cols += [c for c in ("metrics.loss",) if c in runs.columns]
+    table = runs[[c for c in cols if c in runs.columns] + metric_cols].copy()
+    table.columns = [c.replace("metrics.", "").replace("tags.", "") for c in table.columns]
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add pretrain, finetune, evaluate, config and compare to the `hip` parser."""
+    p = subparsers.add_parser(
+        "pretrain", help="MAE pretraining (use torchrun ... -m hip.train for DDP)"
+    )
+    _add_common(p, "tiny_mnist")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = subparsers.add_parser(
+        "finetune", help="finetune on a benchmark from a pretraining checkpoint"
+    )
+    p.add_argument("--benchmark", "-b", help="benchmark preset (hip/configs/benchmarks)")
+    p.add_argument("--pretrained", "-p", help="pretraining checkpoint (sets task.pretrained)")
+    _add_common(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = subparsers.add_parser(
+        "evaluate", help="metrics + report (markdown/HTML/PNG) for a checkpoint"
+    )
+    p.add_argument("--checkpoint", help="checkpoint to evaluate (its stored config is the base)")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("config", help="show resolved configs, list presets")
+    sub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    show = sub.add_parser("show", help="print the resolved config as YAML")
+    show.add_argument("stage", choices=["pretrain", "finetune", "evaluate"])
+    show.add_argument("--benchmark", "-b", help="benchmark preset (finetune)")
+    _add_common(show)
+    show.set_defaults(func=cmd_config_show)
+    lst = sub.add_parser("list", help="list the shipped presets")
+    lst.set_defaults(func=cmd_config_list)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    p = subparsers.add_parser("compare", help="table of tracked runs from MLflow")
+    p.add_argument("--benchmark", "-b", help="only runs of this benchmark")
+    p.add_argument(
+        "--experiment", "-e", action="append", help="experiment name(s); default: all hip ones"
+    )
+    _add_common(p)
+    p.set_defaults(func=cmd_compare)

