@@ -12,6 +12,7 @@ import contextlib
 import importlib.util
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,11 +263,14 @@ class StageRun(NullRun):
         if where:
             origin = str(Path(where).resolve()) if "://" not in str(where) else str(where)
         kwargs = {"name": str(source.name), "digest": str(source.fingerprint)[:36]}
-        try:
-            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
-        except mlflow.exceptions.MlflowException:  # no resolver for this URI scheme
-            origin = CodeDatasetSource(tags={"hip.source": str(where)})
-            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
+        with warnings.catch_warnings():
+            # A local path matches two equivalent MLflow resolvers; the warning is noise.
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            try:
+                ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
+            except mlflow.exceptions.MlflowException:  # no resolver for this URI scheme
+                origin = CodeDatasetSource(tags={"hip.source": str(where)})
+                ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
         mlflow.log_input(ds, context=context, tags={"fingerprint": str(source.fingerprint)})
 
     def register_model(self, checkpoint: str, benchmark: str) -> None:

@@ -9,7 +9,9 @@ its own session with its log, pid file and data under HIP_STACK_DIR (default `.s
            artifacts proxied to $STATE/mlflow/artifacts or HIP_MLFLOW_ARTIFACTS=s3://...
   prefect  Prefect server (HIP_PREFECT_PORT, default 4200) + work pools `cpu` and `gpu`
            (both `process`; `gpu` has a concurrency limit of 1)
-  worker   a Prefect process worker on pool `cpu` (skipped when HIP_STACK_WORKER=0)
+  worker   a Prefect process worker on pool `cpu`, and
+  gpu-worker one on pool `gpu` (training deployments; on a host without a GPU it trains
+           on the CPU); both skipped when HIP_STACK_WORKER=0
 
 Commands: start|stop|status [SERVICE...], env. Only the standard library is imported at
 module level; boto3 is imported when the bucket is created. Secrets (the S3 keys) are kept
@@ -33,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICES = ("s3", "mlflow", "prefect", "worker")
+SERVICES = ("s3", "mlflow", "prefect", "worker", "gpu-worker")
 # weed mini opens all of these (HTTP + gRPC for each component) even with -admin.ui=false;
 # every one is assigned explicitly so that nothing binds a default port or another address.
 WEED_EXTRA_PORTS = (
@@ -41,7 +43,9 @@ WEED_EXTRA_PORTS = (
     "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
 )  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
-WORKER_POOL = "cpu"
+# One local process worker per work pool: on a laptop the `gpu` pool's worker trains on
+# whatever the host has, so `prefect deployment run hip/pretrain` works everywhere.
+WORKERS = {"worker": "cpu", "gpu-worker": "gpu"}
 POOLS = {"cpu": None, "gpu": 1}  # name -> concurrency limit (None: unlimited)
 
 
@@ -405,20 +409,21 @@ def healthy(cfg: Config, name: str, creds: tuple[str, str] | None = None) -> boo
             return True
         except (BotoCoreError, ClientError):
             return False
-    if name == "worker":
+    if name in WORKERS:
+        pool = WORKERS[name]
         try:
-            workers = http_json(f"{cfg.prefect_api}/work_pools/{WORKER_POOL}/workers/filter", {})
+            workers = http_json(f"{cfg.prefect_api}/work_pools/{pool}/workers/filter", {})
         except (OSError, ValueError):
             return False
         return any(
-            w.get("name") == worker_name() and w.get("status") == "ONLINE"
+            w.get("name") == worker_name(pool) and w.get("status") == "ONLINE"
             for w in workers or []  # type: ignore[union-attr]
         )
     raise ValueError(name)
 
 
-def worker_name() -> str:
-    return f"hip-local-{WORKER_POOL}"
+def worker_name(pool: str = "cpu") -> str:
+    return f"hip-local-{pool}"
 
 
 # -- service definitions -----------------------------------------------------------------------
@@ -505,13 +510,14 @@ def service_command(cfg: Config, name: str, creds: tuple[str, str] | None) -> tu
         env = prefect_env(cfg)
         env.pop("PREFECT_API_URL")
         return cmd, env, cfg.state / "prefect"
-    if name == "worker":
+    if name in WORKERS:
         cmd = [
-            cfg.binary("prefect"), "worker", "start", "--pool", WORKER_POOL,
-            "--name", worker_name(), "--type", "process",
+            cfg.binary("prefect"), "worker", "start", "--pool", WORKERS[name],
+            "--name", worker_name(WORKERS[name]), "--type", "process",
         ]  # fmt: skip
         env = prefect_env(cfg)
         env.update({k: v for k, v in client_env(cfg, creds).items() if k != "PREFECT_API_URL"})
+        env.setdefault("HIP_PROJECT_DIR", str(REPO))  # prefect.yaml's pull step: run from here
         return cmd, env, REPO
     raise ValueError(name)
 
@@ -521,8 +527,8 @@ def service_port(cfg: Config, name: str) -> int | None:
 
 
 def service_url(cfg: Config, name: str) -> str:
-    if name == "worker":
-        return f"pool {WORKER_POOL} @ {cfg.prefect_api}"
+    if name in WORKERS:
+        return f"pool {WORKERS[name]} @ {cfg.prefect_api}"
     return {"s3": cfg.s3_url, "mlflow": cfg.mlflow_url, "prefect": cfg.url(cfg.prefect_port)}[name]
 
 
@@ -590,12 +596,13 @@ def select(cfg: Config, names: list[str], for_start: bool) -> list[str]:
         raise StackError(f"unknown service(s) {unknown}; choose from {list(SERVICES)}")
     chosen = set(names or SERVICES)
     if for_start:
-        if "prefect" in chosen and cfg.worker and (not names or "prefect" in names):
-            chosen.add("worker")
-        if not cfg.worker and "worker" in chosen and "worker" not in names:
-            chosen.discard("worker")
-        if "worker" in chosen:
-            chosen.add("prefect")
+        for worker in WORKERS:
+            if "prefect" in chosen and cfg.worker and (not names or "prefect" in names):
+                chosen.add(worker)
+            if not cfg.worker and worker in chosen and worker not in names:
+                chosen.discard(worker)
+            if worker in chosen:
+                chosen.add("prefect")
         if "mlflow" in chosen and cfg.mlflow_uses_stack_s3:
             chosen.add("s3")
     return [s for s in SERVICES if s in chosen]
@@ -605,7 +612,7 @@ def cmd_start(cfg: Config, names: list[str]) -> int:
     chosen = select(cfg, names, for_start=True)
     cfg.state.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.state, 0o700)
-    need_creds = "s3" in chosen or "worker" in chosen
+    need_creds = "s3" in chosen or any(w in chosen for w in WORKERS)
     creds = s3_credentials(cfg, create=True) if need_creds else None
     hidden = list(creds or ())
     launched: dict[str, int] = {}
@@ -653,7 +660,7 @@ def cmd_start(cfg: Config, names: list[str]) -> int:
                 time.sleep(0.4)
 
     try:
-        servers = [s for s in chosen if s != "worker"]
+        servers = [s for s in chosen if s not in WORKERS]
         for name in servers:
             start(name)
         wait(servers)
@@ -662,14 +669,15 @@ def cmd_start(cfg: Config, names: list[str]) -> int:
             ensure_buckets(cfg, creds)
         if "prefect" in chosen:
             ensure_pools(cfg)
-        if "worker" in chosen:
-            start("worker")
-            wait(["worker"])
+        workers = [w for w in WORKERS if w in chosen]
+        for name in workers:
+            start(name)
+        wait(workers)
     except StackError as exc:
         for name in reversed(list(launched)):
             info = read_pid(cfg, name)
             if info:
-                stop_group(int(info["pid"]), cfg.grace, double_term=name == "worker")
+                stop_group(int(info["pid"]), cfg.grace, double_term=name in WORKERS)
             cfg.pid_file(name).unlink(missing_ok=True)
         if launched:
             print(f"stopped what this call started: {', '.join(launched)}", file=sys.stderr)
@@ -688,10 +696,10 @@ def cmd_stop(cfg: Config, names: list[str]) -> int:
             cfg.pid_file(name).unlink(missing_ok=True)
         else:
             running[name] = int(info["pid"])
-    if "worker" in running:  # first, while the server it reports to is still up
-        killed = stop_group(running.pop("worker"), cfg.grace, double_term=True)
-        cfg.pid_file("worker").unlink(missing_ok=True)
-        print(f"worker: stopped{' (killed)' if killed else ''}")
+    for worker in [w for w in WORKERS if w in running]:  # first, while their server is up
+        killed = stop_group(running.pop(worker), cfg.grace, double_term=True)
+        cfg.pid_file(worker).unlink(missing_ok=True)
+        print(f"{worker}: stopped{' (killed)' if killed else ''}")
     for pid in running.values():
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -716,12 +724,12 @@ def cmd_status(cfg: Config, names: list[str]) -> int:
         info = read_pid(cfg, name)
         if info is None:
             state, pid = "stopped", "-"
-            all_ok = all_ok and (name == "worker" and not cfg.worker)
+            all_ok = all_ok and (name in WORKERS and not cfg.worker)
         else:
             ok = healthy(cfg, name, creds if name == "s3" else None)
             state, pid = ("healthy" if ok else "UNHEALTHY"), str(info["pid"])
             all_ok = all_ok and ok
-        print(f"{name:<8} {service_url(cfg, name):<40} pid {pid:<8} {state}")
+        print(f"{name:<10} {service_url(cfg, name):<40} pid {pid:<8} {state}")
     print(f"state: {cfg.state}  logs: {cfg.state / 'logs'}")
     return 0 if all_ok else 3
 

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `hip.*` adding retries, caching, logging and artifacts."""

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "infra" / "stack.sh"
 COMPOSE = REPO / "infra" / "compose.yaml"
 K8S_TEMPLATE = REPO / "infra" / "k8s" / "gpu-job-template.json"
-SERVICES = ("s3", "mlflow", "prefect", "worker")
+SERVICES = ("s3", "mlflow", "prefect", "worker", "gpu-worker")
 
 
 def _free_ports(n: int) -> list[int]:
@@ -176,14 +176,15 @@ def test_work_pools_and_worker(stack: dict) -> None:
     gpu = json.loads(_get(f"{api}/work_pools/gpu")[1])
     assert (cpu["type"], cpu["concurrency_limit"]) == ("process", None)
     assert (gpu["type"], gpu["concurrency_limit"]) == ("process", 1)
-    req = urllib.request.Request(
-        f"{api}/work_pools/cpu/workers/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        workers = json.loads(resp.read())
-    assert any(w["status"] == "ONLINE" for w in workers), workers
+    for pool in ("cpu", "gpu"):  # one local worker per pool
+        req = urllib.request.Request(
+            f"{api}/work_pools/{pool}/workers/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            workers = json.loads(resp.read())
+        assert any(w["status"] == "ONLINE" for w in workers), (pool, workers)
 
 
 def test_mlflow_backend_works(stack: dict) -> None:
@@ -209,7 +210,7 @@ def test_every_listening_socket_is_loopback(stack: dict) -> None:
             assigned = {stack["ports"][2], *recorded.values()}  # (webdav is off: not bound)
             assert stack["ports"][2] in {p for _, p in sockets}
             assert {p for _, p in sockets} <= assigned, (sockets, assigned)
-        elif name == "worker":
+        elif name in ("worker", "gpu-worker"):
             assert sockets == []
         else:
             port = stack["ports"][("prefect", "mlflow").index(name)]
@@ -259,7 +260,7 @@ def test_secrets_appear_nowhere_but_env(stack: dict, creds: dict[str, str]) -> N
     texts = {"start": stack["start"].stdout + stack["start"].stderr}
     again = _run(stack["env"], "start")  # idempotent: says so, same processes
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already running") == 4
+    assert again.stdout.count("already running") == len(SERVICES)
     texts["start again"] = again.stdout + again.stderr
     status = _run(stack["env"], "status")
     texts["status"] = status.stdout + status.stderr
@@ -306,7 +307,7 @@ def test_stop_leaves_nothing_behind(stack: dict) -> None:
         assert _port_free(port), f"port {port} still bound"
         assert list(Path("/tmp").glob(f"seaweedfs-*-{port}.sock")) == []
     status = _run(stack["env"], "status")
-    assert status.returncode == 3 and status.stdout.count("stopped") == 4
+    assert status.returncode == 3 and status.stdout.count("stopped") == len(SERVICES)
 
 
 # -- static checks: compose, Dockerfile, Kubernetes template --------------------------------------

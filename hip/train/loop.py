@@ -371,6 +371,8 @@ def _run(
         leave=False,
     )
     timer = StepTimer()
+    # Without a bar (logs, orchestrators), print a plain line every ~10% of the run instead.
+    report_every = max(1, total // 10)
     try:
         wrapped.train()
         while step < total and not (stop_at is not None and step >= stop_at):
@@ -419,6 +421,12 @@ def _run(
                 if step % int(cfg.run.log_every) == 0 or step == total:
                     tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
                 bar.set_postfix(loss=f"{loss_val:.4f}", lr=f"{cur_lr:.2e}")
+                if not cfg.run.progress and (step % report_every == 0 or step == total):
+                    print(
+                        f"{_stage_of(cfg)} step {step}/{total}: loss {loss_val:.4f}, lr {cur_lr:.2e}, "
+                        f"{record.get('samples_per_s', 0.0):.0f} samples/s",
+                        flush=True,
+                    )
             bar.update(1)
             if step % int(cfg.run.checkpoint_every) == 0 or step == total:
                 last_ckpt = save_now() or last_ckpt

@@ -1,0 +1,52 @@
+"""Evaluation, reports and model promotion as Prefect tasks (artifacts + MLflow registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from hip.evaluate.run import config_for_checkpoint, evaluate
+
+
+def _artifact_key(text: str) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes only.
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+@task(name="evaluate", retries=2, retry_delay_seconds=[5, 20])  # MLflow may blip
+def evaluate_checkpoint(checkpoint: str, overrides: list[str], label: str) -> dict[str, Any]:
+    """Metrics + report for one checkpoint; publishes the report and metrics as Prefect artifacts."""
+    log = get_run_logger()
+    cfg = config_for_checkpoint(checkpoint, overrides)
+    out = evaluate(cfg)
+    metrics = {k: float(v) for k, v in out.result.metrics.items()}
+    log.info("%s: %s", label, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    key = _artifact_key(f"{label}-report")
+    markdown = Path(out.files["markdown"]).read_text() if "markdown" in out.files else ""
+    create_markdown_artifact(
+        markdown or f"report: {out.files.get('html')}", key=key, description=label
+    )
+    create_table_artifact(
+        [{"metric": k, "value": v} for k, v in metrics.items()],
+        key=_artifact_key(f"{label}-metrics"),
+    )
+    if out.run_id:
+        uri = str(cfg.tracking.uri or "")
+        create_link_artifact(
+            f"{uri}#/runs/{out.run_id}" if uri.startswith("http") else f"mlflow-run:{out.run_id}",
+            link_text=f"MLflow run {out.run_id}",
+            key=_artifact_key(f"{label}-mlflow"),
+            description=f"MLflow run of {label} (tracking URI {uri or 'default'})",
+        )
+    return {
+        "label": label,
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "classes": [str(n) for n in out.result.label_names],
+        "report": str(out.files.get("html", "")),
+        "report_md": str(out.files.get("markdown", "")),
+        "mlflow_run_id": out.run_id,
+    }

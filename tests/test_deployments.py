@@ -1,0 +1,111 @@
+"""`prefect deployment run hip/pretrain` against a real Prefect server, worker and MLflow server.
+
+The servers come from infra/stack.sh (what users run); the deployments from prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from tests.test_flows import tiny_pipeline
+from tests.test_infra import _free_ports, _run, _stack_env
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _api(url: str, body: dict | None = None) -> object:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory):
+    state = tmp_path_factory.mktemp("stack") / "state"
+    ports = _free_ports(3)
+    env = _stack_env(state, ports, HIP_STACK_WORKER="0")
+    started = _run(env, "start", "prefect", "mlflow")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        client = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))
+        }
+        client.update(
+            PREFECT_API_URL=f"http://127.0.0.1:{ports[0]}/api",
+            PREFECT_HOME=str(state / "client-home"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            HIP_PROJECT_DIR=str(REPO),
+        )
+        yield {
+            "env": client,
+            "mlflow": f"http://127.0.0.1:{ports[1]}",
+            "api": client["PREFECT_API_URL"],
+        }
+    finally:
+        _run(env, "stop", timeout=120)
+
+
+def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, (
+        f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
+    return out
+
+
+@pytest.mark.slow
+def test_deploy_run_pretrain_with_a_worker(servers, tmp_path):
+    env = servers["env"]
+    pipeline = tiny_pipeline(tmp_path, tracking_uri=servers["mlflow"])
+    _prefect(env, "--no-prompt", "deploy", "--all")
+    names = {d["name"] for d in _api(f"{servers['api']}/deployments/filter", {})}
+    assert {"shard", "pretrain", "finetune", "evaluate", "pipeline", "retrain"} <= names
+    retrain = next(
+        d for d in _api(f"{servers['api']}/deployments/filter", {}) if d["name"] == "retrain"
+    )
+    assert retrain["schedules"] and retrain["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
+
+    _prefect(env, "deployment", "run", "hip/pretrain", "--param", f"pipeline={pipeline}")
+    t0 = time.monotonic()
+    _prefect(
+        env, "worker", "start", "--pool", "gpu", "--type", "process", "--run-once", timeout=600
+    )
+    runs = _api(f"{servers['api']}/flow_runs/filter", {})
+    run = next(
+        r for r in runs if r.get("deployment_id") and r["parameters"].get("stage") == "pretrain"
+    )
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert time.monotonic() - t0 < 600
+
+    work = Path(yaml.safe_load(pipeline.read_text())["work_dir"])
+    assert list((work / "runs" / "pretrain" / "checkpoints").glob("step-*.pt"))
+    client = mlflow.MlflowClient(servers["mlflow"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`hip.stage` = 'pretrain'",
+    )
+    assert len(runs) == 1
+    assert runs[0].data.metrics["loss"] > 0
+    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoint")]
