@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         p = load_pipeline(args.pipeline, args.overrides)  # fail on bad config before Prefect starts
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"python -m flows: error: {exc}", file=sys.stderr)
         return 2
     from flows.hip_flow import hip
 

@@ -6,7 +6,6 @@ own settings stay in the `hip` presets and are only overridden here.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hip.errors import UserError
+from hip.errors import UserError, unknown_name
 
 
 @dataclass
@@ -82,12 +81,7 @@ def load_pipeline(
     else:
         names = available_pipelines()
         if name not in names:
-            hint = difflib.get_close_matches(name, names, n=1)
-            raise UserError(
-                f"unknown pipeline {name!r}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + f"; available: {', '.join(names)}"
-            )
+            raise UserError(unknown_name("pipeline", name, names))
         text = (resources.files("flows") / "presets" / f"{name}.yaml").read_text()
         origin = f"flows/presets/{name}.yaml"
     schema = OmegaConf.structured(PipelineConfig)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
 
 from hip.errors import UserError
+
+# OSErrors caused by the paths a user gave (printed without a traceback, exit 2).
+USER_ERRNOS = {
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST,
+    errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+}  # fmt: skip
 
 # Modules exposing `register(subparsers)`; each adds its subcommand(s) and sets `func`.
 COMMAND_MODULES = [
@@ -41,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"hip {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user named: no permission, read-only, disk full
+        if exc.errno not in USER_ERRNOS:
+            raise
         print(f"hip {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

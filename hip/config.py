@@ -102,6 +102,8 @@ class RunSection:
     progress: bool = True
     stop_at_step: int | None = None  # stop early (as if preempted) after this step
     eval_batches: int | None = None  # evaluate on at most this many batches
+    on_nonfinite: str = "stop"  # NaN/inf loss or grad norm: stop (keep last checkpoint) | skip
+    max_skipped_steps: int = 100  # on_nonfinite=skip: stop once this many steps were skipped
 
 
 @dataclass
@@ -126,6 +128,8 @@ class EvalSection:
     split: str | None = None  # null -> data.eval_split
     out: str | None = None  # null -> <run.out>/eval
     reconstructions: int = 8
+    verify: bool = True  # check every shard's sha256 against the manifest before evaluating
+    allow_corrupt: bool = False  # evaluate anyway when verification fails (corrupt samples skipped)
 
 
 @dataclass
@@ -246,7 +250,8 @@ def load_config(
         try:
             loaded = OmegaConf.create(text)
         except Exception as exc:  # YAML syntax
-            raise UserError(f"cannot parse {origin}: {exc}") from None
+            where = " ".join(str(exc).split())
+            raise UserError(f"cannot parse {origin}: {where}") from None
         cfg = _merge(cfg, loaded, origin, schema)
     cfg = _merge(cfg, {"stage": stage}, "stage", schema)
     if overrides:
@@ -270,11 +275,14 @@ def validate(cfg: DictConfig) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
-        raise UserError(f"config does not resolve: {exc}") from None
+        raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}") from None
     _choice(cfg.stage, STAGES, "stage")
     _choice(cfg.task.type, TASKS, "task.type")
     _choice(cfg.run.precision, ("auto", "bf16", "fp32"), "run.precision")
     _choice(cfg.run.strategy, ("ddp", "fsdp"), "run.strategy")
+    _choice(cfg.run.on_nonfinite, ("stop", "skip"), "run.on_nonfinite")
+    if cfg.run.max_skipped_steps < 0:
+        raise UserError(f"run.max_skipped_steps must be >= 0, got {cfg.run.max_skipped_steps}")
     dev = str(cfg.run.device)
     if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
         raise UserError(f"run.device={dev!r}: use auto, cpu, cuda or cuda:N")
@@ -293,6 +301,30 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"{key} must be >= 1, got {value}")
+    optional_positive = {
+        "data.eval_batch_size": cfg.data.eval_batch_size,
+        "data.limit": cfg.data.limit,
+        "run.eval_batches": cfg.run.eval_batches,
+    }
+    for key, value in optional_positive.items():
+        if value is not None and value < 1:
+            raise UserError(f"{key} must be >= 1 (or null), got {value}")
+    if cfg.run.stop_at_step is not None and cfg.run.stop_at_step < 0:
+        raise UserError(f"run.stop_at_step must be >= 0 (or null), got {cfg.run.stop_at_step}")
+    if cfg.optim.lr is not None and not cfg.optim.lr > 0:
+        raise UserError(f"optim.lr must be > 0 (or null for base_lr scaling), got {cfg.optim.lr}")
+    nonneg = {
+        "optim.base_lr": cfg.optim.base_lr,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.grad_clip": cfg.optim.grad_clip,
+        "optim.eps": cfg.optim.eps,
+        "eval.reconstructions": cfg.eval.reconstructions,
+    }
+    for key, value in nonneg.items():
+        if not value >= 0:  # also catches NaN
+            raise UserError(f"{key} must be >= 0, got {value}")
+    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
+        raise UserError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if cfg.optim.warmup_steps < 0:
         raise UserError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):

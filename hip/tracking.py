@@ -9,11 +9,13 @@ parent folder of ``run.out``). The parent run id reaches torchrun workers throug
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,38 @@ from hip.config import flatten, to_dict
 from hip.errors import UserError
 
 PARENT_ENV = "HIP_MLFLOW_PARENT_RUN_ID"
+# While the tracking server is unreachable, metrics wait in memory (oldest dropped beyond
+# this; metrics.jsonl keeps every step anyway); sends are retried at most every RETRY_S
+# seconds, and for up to FLUSH_TIMEOUT_S seconds when the run ends.
+MAX_BUFFERED_METRICS = int(os.environ.get("HIP_MLFLOW_MAX_BUFFER", "100000"))
+RETRY_S = float(os.environ.get("HIP_MLFLOW_RETRY_S", "2"))
+FLUSH_TIMEOUT_S = float(os.environ.get("HIP_MLFLOW_FLUSH_TIMEOUT_S", "60"))
+
+
+class TrackingUnavailableWarning(RuntimeWarning):
+    """The MLflow server stopped answering mid-run: data is buffered and sent later."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an MLflow call failed because the server is unreachable or overloaded."""
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.RequestException):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        if "API request to" in text and ("failed with" in text or "Max retries" in text):
+            return True
+        with contextlib.suppress(Exception):
+            return int(exc.get_http_status_code()) in (429, 502, 503, 504)
+    return False
 
 
 def run_root(cfg: DictConfig) -> Path:
@@ -115,9 +149,31 @@ def _experiment_id(client: Any, name: str, location: str | None) -> str:
         return exp.experiment_id
 
 
+SECRET_ENV = (
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN", "HIP_MLFLOW_PASSWORD", "HIP_S3_SECRET_KEY",
+)  # fmt: skip
+
+
+def scrub(text: str) -> str:
+    """`text` with URL passwords (`scheme://user:PASS@`) and secret env values replaced by ***."""
+    import re
+
+    text = re.sub(r"(://[^/:@\s]*):[^/@\s]+@", r"\1:***@", text)
+    for name in SECRET_ENV:
+        value = os.environ.get(name) or ""
+        if len(value) >= 6:
+            text = text.replace(value, "***")
+    return text
+
+
 def redacted_params(config: dict[str, Any]) -> dict[str, str]:
-    """Flattened config, secrets replaced by "***", values as MLflow-sized strings."""
-    return {k: str(v)[:6000] for k, v in flatten(config).items()}
+    """Flattened config, secrets replaced by "***", values as MLflow-sized strings.
+
+    Redacted: values of secret-looking keys, passwords inside URLs, and any value that
+    contains the value of a secret environment variable (e.g. through `${oc.env:...}`).
+    """
+    return {k: scrub(str(v))[:6000] for k, v in flatten(config).items()}
 
 
 class NullRun:
@@ -190,8 +246,88 @@ class StageRun(NullRun):
             log_system_metrics=system,
         )
         self.run_id = self.active.info.run_id
+        self._metrics: deque[Any] = deque()
+        self._tags: dict[str, str] = {}
+        self._deferred: list[tuple[str, Callable[[], None]]] = []  # artifacts, registry
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._dropped = 0
         if source is not None:
             self.log_dataset(source, "train")
+
+    # -- outage handling: buffer, warn once per outage, flush when the server is back -------
+    @property
+    def buffered(self) -> int:
+        """Metrics, tags and deferred uploads waiting for the server."""
+        return len(self._metrics) + len(self._tags) + len(self._deferred)
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._next_try = time.monotonic() + RETRY_S
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            warnings.warn(
+                f"MLflow at {self.uri} is unreachable ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); training goes on, metrics are kept in "
+                "memory and in metrics.jsonl and sent when the server is back",
+                TrackingUnavailableWarning,
+                stacklevel=3,
+            )
+
+    def _send_pending(self) -> None:
+        from mlflow.entities import RunTag
+
+        with _quick_http():
+            if self._tags:
+                tags = [RunTag(k, v) for k, v in self._tags.items()]
+                self.client.log_batch(self.run_id, tags=tags, synchronous=True)
+                self._tags.clear()
+            while self._metrics:
+                chunk = [self._metrics[i] for i in range(min(1000, len(self._metrics)))]
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                for _ in chunk:
+                    self._metrics.popleft()
+            while self._deferred:
+                _, call = self._deferred[0]
+                call()
+                self._deferred.pop(0)
+
+    def flush(self, wait: float = 0.0) -> bool:
+        """Send what is buffered; retry for up to `wait` seconds. True when nothing is left."""
+        deadline = time.monotonic() + wait
+        while True:
+            if not self.buffered:
+                return True
+            if time.monotonic() >= self._next_try or wait > 0:
+                try:
+                    self._send_pending()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self._went_down(exc)
+                else:
+                    if self._down_since is not None:
+                        gone = time.monotonic() - self._down_since
+                        warnings.warn(
+                            f"MLflow at {self.uri} is back after {gone:.0f} s; buffered data sent"
+                            + (
+                                f" ({self._dropped} oldest metrics dropped)"
+                                if self._dropped
+                                else ""
+                            ),
+                            TrackingUnavailableWarning,
+                            stacklevel=2,
+                        )
+                    self._down_since = None
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+    def _buffer_metrics(self, batch: list[Any]) -> None:
+        self._metrics.extend(batch)
+        while len(self._metrics) > MAX_BUFFERED_METRICS:
+            self._metrics.popleft()
+            self._dropped += 1
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log the flattened, redacted config (in batches of 100)."""
@@ -214,17 +350,20 @@ class StageRun(NullRun):
             if isinstance(v, (int, float))
         ]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            self._buffer_metrics(batch)
+            self.flush()
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
-        """Upload a file or folder if it exists."""
+        """Upload a file or folder if it exists (deferred while the server is unreachable)."""
         p = Path(path)
         if not p.exists():
             return
         if p.is_dir():
-            self.client.log_artifacts(self.run_id, str(p), artifact_path)
+            call = functools.partial(self.client.log_artifacts, self.run_id, str(p), artifact_path)
         else:
-            self.client.log_artifact(self.run_id, str(p), artifact_path)
+            call = functools.partial(self.client.log_artifact, self.run_id, str(p), artifact_path)
+        self._deferred.append((f"artifact {p}", call))
+        self.flush()
 
     def log_checkpoint(self, path: str) -> None:
         """Upload a local checkpoint (or record a remote one's URI as a tag)."""
@@ -279,25 +418,54 @@ class StageRun(NullRun):
         with contextlib.suppress(Exception):
             self.client.create_registered_model(name)
         source = f"{self.active.info.artifact_uri.rstrip('/')}/checkpoint"
-        self.client.create_model_version(
-            name, source, run_id=self.run_id, tags={"checkpoint": Path(checkpoint).name}
+        call = functools.partial(
+            self.client.create_model_version,
+            name,
+            source,
+            run_id=self.run_id,
+            tags={"checkpoint": Path(checkpoint).name},
         )
+        self._deferred.append((f"model version of {name}", call))
+        self.flush()
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        """Set run tags."""
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        """Set run tags (buffered while the server is unreachable)."""
+        self._tags.update({k: str(v) for k, v in tags.items()})
+        self.flush()
 
     def end(self, status: str = "FINISHED") -> None:
-        """Close the run."""
+        """Send what is buffered (waiting up to FLUSH_TIMEOUT_S for the server), close the run."""
         import mlflow
 
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == self.run_id:
-            mlflow.end_run(status=status)
-        else:
-            self.client.set_terminated(self.run_id, status=status)
-        _restore_env("MLFLOW_TRACKING_URI", self._env_before)
+        try:
+            if not self.flush(wait=FLUSH_TIMEOUT_S):
+                warnings.warn(
+                    f"MLflow at {self.uri} is still unreachable after {FLUSH_TIMEOUT_S:.0f} s: "
+                    f"{len(self._metrics)} metrics and {len(self._deferred)} uploads of run "
+                    f"{self.run_id} were not sent (every step's metrics are in metrics.jsonl)",
+                    TrackingUnavailableWarning,
+                    stacklevel=2,
+                )
+            active = mlflow.active_run()
+            with _quick_http():
+                if active is not None and active.info.run_id == self.run_id:
+                    mlflow.end_run(status=status)
+                else:
+                    self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            warnings.warn(
+                f"MLflow at {self.uri}: could not mark run {self.run_id} {status} ({exc})",
+                TrackingUnavailableWarning,
+                stacklevel=2,
+            )
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == self.run_id:
+                with contextlib.suppress(Exception):
+                    mlflow.tracking.fluent._active_run_stack.get().pop()
+        finally:
+            _restore_env("MLFLOW_TRACKING_URI", self._env_before)
 
 
 def start_stage(cfg: DictConfig, stage: str, is_main: bool = True, source: Any = None) -> NullRun:

@@ -83,7 +83,7 @@ class S3Server:
         ] + [f"-{name}={port}" for name, port in self.ports.items()]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.dir,
@@ -141,6 +141,15 @@ class S3Server:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+    def kill(self) -> None:
+        """SIGKILL the server (as a crash would), keeping its data and ports for `start()`."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=10)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its files."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +61,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
         _run(env, "stop", timeout=120)
 
 
+@pytest.fixture(scope="module")
+def deployed(servers):
+    """The deployments of prefect.yaml, created once for the module."""
+    _prefect(servers["env"], "--no-prompt", "deploy", "--all")
+    return servers
+
+
 def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     out = subprocess.run(
         [str(BIN / "prefect"), *args],
@@ -76,10 +84,10 @@ def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.Complete
 
 
 @pytest.mark.slow
-def test_deploy_run_pretrain_with_a_worker(servers, tmp_path):
+def test_deploy_run_pretrain_with_a_worker(deployed, tmp_path):
+    servers = deployed
     env = servers["env"]
     pipeline = tiny_pipeline(tmp_path, tracking_uri=servers["mlflow"])
-    _prefect(env, "--no-prompt", "deploy", "--all")
     names = {d["name"] for d in _api(f"{servers['api']}/deployments/filter", {})}
     assert {"shard", "pretrain", "finetune", "evaluate", "pipeline", "retrain"} <= names
     retrain = next(
@@ -109,3 +117,76 @@ def test_deploy_run_pretrain_with_a_worker(servers, tmp_path):
     assert len(runs) == 1
     assert runs[0].data.metrics["loss"] > 0
     assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoint")]
+
+
+def _flow_runs(api: str, stage: str) -> list[dict]:
+    runs = _api(f"{api}/flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC"})
+    return [r for r in runs if r.get("deployment_id") and r["parameters"].get("stage") == stage]
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run_then_rerun_resumes_from_the_last_checkpoint(deployed, tmp_path):
+    servers = deployed
+    env, api = servers["env"], servers["api"]
+    pipeline = tiny_pipeline(tmp_path, tracking_uri=servers["mlflow"])
+    spec = yaml.safe_load(pipeline.read_text())
+    spec["pretrain"]["overrides"] = [
+        "optim.total_steps=400",
+        "run.checkpoint_every=4",
+        "data.batch_size=4",
+    ]
+    pipeline.write_text(yaml.safe_dump(spec))
+    checkpoints = Path(spec["work_dir"]) / "runs" / "pretrain" / "checkpoints"
+    before = {r["id"] for r in _flow_runs(api, "pretrain")}
+    _prefect(env, "deployment", "run", "hip/pretrain", "--param", f"pipeline={pipeline}")
+    worker = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            "gpu",
+            "--type",
+            "process",
+            "--run-once",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(checkpoints.glob("step-*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert list(checkpoints.glob("step-*.pt")), "no checkpoint before the deadline"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker host dies: worker + flow-run process
+        worker.wait(timeout=60)
+    killed = next(r for r in _flow_runs(api, "pretrain") if r["id"] not in before)
+    # Nobody reports a dead host: mark the orphaned run Crashed (what a zombie-run
+    # automation or an operator does) so the deployment's concurrency slot frees up.
+    _api(f"{api}/flow_runs/{killed['id']}/set_state", {"state": {"type": "CRASHED"}, "force": True})
+    time.sleep(2)  # the training child gets SIGTERM when its parent dies (PDEATHSIG)
+    saved = max(int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.pt"))
+
+    # The rerun: shorten the run so the test stays quick; resume=auto picks up the checkpoint.
+    spec["pretrain"]["overrides"][0] = f"optim.total_steps={saved + 4}"
+    pipeline.write_text(yaml.safe_dump(spec))
+    _prefect(env, "deployment", "run", "hip/pretrain", "--param", f"pipeline={pipeline}")
+    _prefect(
+        env, "worker", "start", "--pool", "gpu", "--type", "process", "--run-once", timeout=600
+    )
+    rerun = [
+        r for r in _flow_runs(api, "pretrain") if r["id"] not in before and r["id"] != killed["id"]
+    ][-1]
+    assert rerun["state"]["type"] == "COMPLETED", rerun["state"]
+    # The training output is logged by the rerun's pretrain subflow (its own flow run id);
+    # only a rerun can say "resuming from" (the killed run started from scratch).
+    logs = _api(f"{api}/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})
+    resumed = [entry["message"] for entry in logs if "resuming from" in entry["message"]]
+    assert len(resumed) == 1, "the rerun did not resume"
+    step = int(resumed[0].rsplit("(step ", 1)[1].rstrip(")"))
+    assert step >= 4  # continued from a checkpoint of the killed run, not from scratch
+    assert (checkpoints / f"step-{saved + 4:08d}.pt").is_file()

@@ -56,3 +56,25 @@ def test_pretrain_then_finetune_from_shards(tmp_path, shards):
     )
     assert ft.step == 2 and 0.0 <= ft.eval_metrics["top1"] <= 1.0
     assert client.get_run(ft.run_id).data.tags["hip.data_fingerprint"] == meta["data_fingerprint"]
+
+
+def test_missing_eval_split_is_said_up_front_and_the_run_still_completes(tmp_path, capsys):
+    only_train = tmp_path / "shards"
+    hd.shard("mnist5k", None, only_train, "train", limit=4, max_count=64)
+    res = loop.train(
+        load_config(
+            "pretrain",
+            "tiny_mnist",
+            [
+                f"data.manifest={only_train}",
+                "data.batch_size=8",
+                "optim.total_steps=2",
+                "run.progress=false",
+                "tracking.enabled=false",
+                f"run.out={tmp_path / 'run'}",
+            ],
+        )
+    )
+    err = capsys.readouterr().err
+    assert "no split 'test'" in err and "final evaluation is skipped" in err
+    assert res.step == 2 and res.checkpoint and res.eval_metrics == {}

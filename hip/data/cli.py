@@ -49,7 +49,19 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="bytes per shard at most (approx.)"
     )
-    p.add_argument("--seed", type=int, default=None, help="shuffle the input order with this seed")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="shuffle the input order with this seed (default 0: deterministic, classes mixed)",
+    )
+    p.add_argument(
+        "--no-shuffle",
+        dest="seed",
+        action="store_const",
+        const=None,
+        help="keep the sorted input order (class by class for folder sources)",
+    )
     p.add_argument(
         "--limit", type=int, help="first N inputs per class (per source without classes)"
     )

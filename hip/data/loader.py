@@ -14,7 +14,11 @@ there are at least `world_size * workers` shards (else every worker uses all sha
 resamples shards from its slice forever (seeded by seed, epoch, rank, worker), shuffles
 samples in a buffer, drops partial batches, and stops after exactly `batches_per_epoch`
 batches on every rank, so DDP ranks never wait for each other. Truncated or corrupt shards
-are skipped with a warning (`handler=wds.warn_and_continue`).
+are skipped with a warning (`handler=warn_and_skip`) and counted: each training batch
+carries `corrupt_samples`, the number of samples lost to errors since the previous batch of
+its worker (a sample that fails to decode counts 1; a shard that breaks off counts the
+samples the manifest lists for it that were not read), which the training loop sums into
+its `corrupt_samples` metric.
 
 Evaluation (`train=False`): every sample is seen exactly once across all ranks and workers.
 With `num_shards >= world_size * workers`, (rank, worker) `g = rank * workers + worker`
@@ -30,6 +34,7 @@ import io
 import json
 import math
 import random
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,12 @@ def register_s3_opener() -> None:
 
 
 register_s3_opener()
+
+
+def warn_and_skip(exn: Exception) -> bool:
+    """Error handler: warn about the exception and go on (webdataset's also sleeps 0.5 s)."""
+    warnings.warn(repr(exn), stacklevel=2)
+    return True
 
 
 def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -171,6 +182,29 @@ class ShardStream(IterableDataset):
         )
         self.handler, self.s3, self.epoch = handler, s3, 0
         self.decode = Decoder(manifest, normalize)
+        self.expected = {  # samples per shard URL, to count what a broken shard loses
+            storage.join(manifest["root"], sh["name"]): int(sh.get("count", 0))
+            for info in manifest.get("splits", {}).values()
+            for sh in info.get("shards", [])
+        }
+        self.corrupt = 0  # samples lost since the last batch (per worker process)
+
+    def _count(self, lost: int) -> None:
+        """Record `lost` corrupt samples (reported with the next batch)."""
+        self.corrupt += max(1, lost)
+
+    def _on_decode_error(self, exn: Exception) -> bool:
+        """Handler for samples that fail to decode: count, then defer to the user's handler."""
+        ok = bool(self.handler(exn))
+        if ok:
+            self._count(1)
+        return ok
+
+    def _tag(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Attach the corrupt-sample count to each training batch."""
+        for batch in batches:
+            batch["corrupt_samples"], self.corrupt = self.corrupt, 0
+            yield batch
 
     def _slot(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -181,13 +215,21 @@ class ShardStream(IterableDataset):
     def _expand(self, urls: Iterator[str]) -> Iterator[dict[str, Any]]:
         """Open each shard (boto3 streaming for s3://) and yield its samples safely."""
         for url in urls:
+            got = 0
             try:
                 with storage.open_read(url, self.s3) as stream:
-                    yield from iter_tar_samples(stream, url)
+                    for sample in iter_tar_samples(stream, url):
+                        got += 1
+                        yield sample
+                if got < self.expected.get(url, 0):  # cut at a member boundary: no tar error
+                    raise EOFError(
+                        f"shard ended after {got} of the {self.expected[url]} samples the manifest lists"
+                    )
             except Exception as exn:  # noqa: BLE001 - the handler decides
                 exn.args = (f"{exn.args[0] if exn.args else exn!r} @ {url}",) + tuple(exn.args[1:])
                 if not self.handler(exn):
                     raise
+                self._count(self.expected.get(url, 0) - got)
 
     def _resampled(self, urls: list[str], rng: random.Random) -> Iterator[str]:
         while True:
@@ -225,14 +267,15 @@ class ShardStream(IterableDataset):
                     min(self.shuffle_buffer, 100),
                     rng=random.Random(f"shuffle/{self.seed}/{self.epoch}/{slot}"),
                 ),
-                wds.map(self.decode, handler=self.handler),
+                wds.map(self.decode, handler=self._on_decode_error),
                 wds.batched(self.batch_size, collation_fn=collate, partial=False),
+                self._tag,
             ]
             pipe = wds.DataPipeline(*stages).with_epoch(self.batches_per_worker)
         else:
             pipe = wds.DataPipeline(
                 lambda: self._eval_samples(slot, total),
-                wds.map(self.decode, handler=self.handler),
+                wds.map(self.decode, handler=self._on_decode_error),
                 wds.batched(self.batch_size, collation_fn=collate, partial=True),
             )
         return iter(pipe)
@@ -304,7 +347,7 @@ def loader(
             batches_per_epoch = max(1, n // (world_size * batch_size))
         per_worker = math.ceil(batches_per_epoch / workers)
         batches_per_epoch = per_worker * workers
-        handler = handler or wds.warn_and_continue
+        handler = handler or warn_and_skip
     else:
         handler = handler or wds.reraise_exception
     ds = ShardStream(

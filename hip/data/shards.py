@@ -344,6 +344,27 @@ def _parse_size(value: str | tuple[int, int] | list[int] | int | None) -> tuple[
     return (h, int(m.group(2) or h))
 
 
+def remove_stale_temp(output: str | Path, split: str) -> list[str]:
+    """Delete a split's temp files left by a killed writer in a local output folder; returns them.
+
+    `hip.storage.atomic_write_bytes` writes `.<name>.<random>.tmp` beside the final name; a
+    SIGKILL between the write and the rename leaves it behind. Readers never list it (they
+    read only what the manifest names); this keeps the folder clean. S3 is left alone.
+    """
+    folder = Path(str(output))
+    if storage.is_s3(str(output)) or not folder.is_dir():
+        return []
+    pattern = re.compile(
+        rf"^\.({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}\.json)\..+\.tmp$"
+    )
+    removed = []
+    for child in folder.iterdir():
+        if pattern.match(child.name):
+            child.unlink(missing_ok=True)
+            removed.append(str(child))
+    return removed
+
+
 def shard(
     source: str,
     input: str | Path | None,
@@ -352,12 +373,17 @@ def shard(
     *,
     max_count: int = DEFAULT_MAX_COUNT,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    seed: int | None = None,
+    seed: int | None = 0,
     s3: storage.S3Config | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Write `source` (read from `input`) as WebDataset shards + manifest into `output`.
+
+    Inputs are shuffled with `seed` (default 0, so the order is still deterministic):
+    sorted inputs are sorted by class, and class-sorted shards starve training of mixed
+    batches (a shuffle buffer cannot mix a large single-class run). `seed=None` keeps the
+    sorted input order.
 
     `options` are SourceOptions fields (limit, resize, channels, image_format, sample_rate,
     clip_seconds, audio_length, audio_crop, fps, video_size, pattern, split_pattern, preset,
@@ -391,6 +417,8 @@ def shard(
         raise UserError(f"{source}: no inputs found for split {split!r} in {input}")
     fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
 
+    for stale in remove_stale_temp(output, split):
+        log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
     manifest_uri = storage.join(output, MANIFEST)
     old = _load_json(manifest_uri, s3)
     if old and old.get("format") != FORMAT:
@@ -405,6 +433,8 @@ def shard(
         )
     ):
         log(f"{split}: up to date ({len(old_split['shards'])} shards verify)")
+        if not storage.is_s3(output):  # a run killed after its manifest left this behind
+            storage.delete(storage.join(output, f"_progress-{split}.json"))
         old["root"] = output
         return old
 

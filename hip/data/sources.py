@@ -123,10 +123,25 @@ def _fit_image(img: Image.Image, size: tuple[int, int] | None, resample: int) ->
     return img.crop((left, top, left + w, top + h))
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit grey (PNG `I;16*`, or `I` within 0..65535) -> 8-bit `L` by its top byte.
+
+    PIL's own conversion to `L` clips at 255, which would turn most of a 16-bit image white.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            return img  # not 16-bit data: leave it to PIL
+        if img.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            return Image.fromarray((arr >> 8).astype(np.uint8), mode="L")
+    return img
+
+
 def load_image(path: str | Path, opts: SourceOptions, channels: int | None = None) -> np.ndarray:
     """Image file -> uint8 `[H, W, C]` (resized/cropped as configured)."""
     with Image.open(path) as img:
         img.load()
+        img = _to_8bit(img)
         mode = {1: "L", 3: "RGB"}.get(channels or opts.channels or 0)
         if mode is None:
             mode = "L" if img.mode in {"L", "1", "I;16", "I", "F"} else "RGB"

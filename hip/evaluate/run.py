@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,37 @@ def find_checkpoint(cfg: DictConfig) -> str:
     return found
 
 
+def check_data(cfg: DictConfig, source: Any, split: str) -> Any:
+    """Verify the split's shards (eval.verify); corrupt data is a UserError unless eval.allow_corrupt.
+
+    Returns the source to evaluate: with eval.allow_corrupt=true, one that skips corrupt samples.
+    """
+    problems: list[str] = []
+    if source.manifest_path and cfg.eval.verify:
+        from hip.data import verify
+
+        problems = verify(source.manifest_path, split)
+    if problems and not cfg.eval.allow_corrupt:
+        shown = "; ".join(problems[:5]) + (
+            f"; ... {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise UserError(
+            f"data {source.manifest_path} (split {split!r}) fails verification: {shown}. "
+            "Re-run `hip shard` to repair it, or set eval.allow_corrupt=true to evaluate the "
+            "readable samples anyway"
+        )
+    if problems:
+        print(
+            f"warning: evaluating {source.manifest_path} although {len(problems)} shard(s) fail "
+            f"verification (eval.allow_corrupt=true): {'; '.join(problems[:5])}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if source.manifest_path and cfg.eval.allow_corrupt:
+        return dataclasses.replace(source, skip_corrupt=True)
+    return source
+
+
 def config_for_checkpoint(path: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The checkpoint's stored config as stage `evaluate`, with command-line overrides on top."""
     payload = ckpt.load(path)
@@ -74,6 +107,7 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     model.to(device)
     source = open_source(cfg.data)
     split = str(cfg.eval.split or cfg.data.eval_split)
+    source = check_data(cfg, source, split)
     result = evaluate_model(
         model,
         source,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hip.errors import InputShapeError
 from hip.model.blocks import CrossAttention, HiPBlock
 from hip.model.grouping import GroupPlan, group, plan_groups, ungroup
 from hip.model.layers import linear, trunc_normal_fan_in_
@@ -115,7 +116,7 @@ class HiP(nn.Module):
         for k, (m, c) in self.modalities.items():
             x = inputs[k]
             if x.ndim != 3 or tuple(x.shape[1:]) != (m, c):
-                raise ValueError(
+                raise InputShapeError(
                     f"HiP inputs: modality {k!r} must be [B, {m}, {c}], got {list(x.shape)}"
                 )
             if batch is not None and x.shape[0] != batch:

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from hip.errors import unknown_name
+
 # Per-block fields of the official VARIANTS format (one entry per block).
 PER_BLOCK_FIELDS = (
     "num_groups",
@@ -113,12 +115,7 @@ def load_preset(name: str) -> dict[str, Any]:
     """The preset's fields as a plain dict (YAML shipped as package data)."""
     names = available_presets()
     if name not in names:
-        hint = difflib.get_close_matches(name, names, n=1)
-        raise ValueError(
-            f"unknown model preset {name!r}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; available: {', '.join(names)}"
-        )
+        raise ValueError(unknown_name("model preset", name, names))
     text = (resources.files("hip") / "configs" / "model" / f"{name}.yaml").read_text()
     return yaml.safe_load(text)
 

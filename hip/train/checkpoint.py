@@ -10,14 +10,32 @@ Storage: local paths are written with :func:`hip.storage.atomic_write_bytes`; ``
 URIs go through ``hip.storage.write_bytes`` / ``read_bytes`` / ``delete`` (an S3 PUT is
 atomic: the object appears whole or not at all) and a boto3 listing (``run.checkpoint_dir``
 may be ``s3://bucket/prefix``). The seam is :func:`_write`, :func:`_read`, :func:`_list`.
+
+Integrity: a checkpoint is a zip archive (``torch.save``) whose members carry CRC-32s;
+:func:`load` checks the archive's directory and every CRC before unpickling, so a truncated
+or bit-flipped file raises :class:`CorruptCheckpoint` instead of loading silently wrong
+weights. ``run.resume=auto`` (:func:`load_resume`) then falls back to the previous checkpoint;
+temporary files of interrupted writes (``.step-XXXXXXXX.pt.*.tmp``) never match
+:data:`NAME` and are removed by :func:`remove_stale_temp` when a run starts.
+
+Test-only fault hook: with ``HIP_FAULT_KILL_DURING_SAVE=N`` in the environment the process
+SIGKILLs itself during its N-th checkpoint write, after writing half of the bytes to the
+temporary file (``N:final``: to the final name, as a non-atomic store would). Only local
+paths; unset (the default) it does nothing. ``tests/test_fault_training.py`` uses it.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import random
 import re
+import signal
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +48,13 @@ from hip.errors import UserError
 FORMAT = "hip-checkpoint"
 VERSION = 1
 NAME = re.compile(r"^step-(\d{8})\.pt$")
+TEMP_NAME = re.compile(r"^\.step-\d{8}\.pt\..+\.tmp$")  # hip.storage.atomic_write_bytes temp files
+FAULT_ENV = "HIP_FAULT_KILL_DURING_SAVE"
+_saves = 0  # checkpoint writes by this process (for the fault hook)
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint file is truncated or fails its CRC-32 check (a torn or damaged write)."""
 
 
 # ---------------------------------------------------------------------------- storage seam
@@ -48,7 +73,30 @@ def _need_remote(fn: str) -> Any:
     return f
 
 
+def _fault_hook(path: str, data: bytes) -> None:
+    """Test-only: SIGKILL this process mid-write when HIP_FAULT_KILL_DURING_SAVE says so."""
+    global _saves
+    _saves += 1
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec or _is_remote(path):
+        return
+    nth, _, mode = spec.partition(":")
+    if int(nth) != _saves:
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "final":
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    else:  # the temp name hip.storage.atomic_write_bytes uses
+        fd, _ = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.write(fd, data[: len(data) // 2])
+    os.fsync(fd)
+    print(f"{FAULT_ENV}: killing pid {os.getpid()} while writing {p.name}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _write(path: str, data: bytes) -> None:
+    _fault_hook(path, data)
     if _is_remote(path):
         _need_remote("write_bytes")(path, data)
     else:
@@ -180,9 +228,35 @@ def latest(folder: str) -> str | None:
     return found[-1] if found else None
 
 
+def remove_stale_temp(folder: str) -> list[str]:
+    """Delete temp files left by interrupted checkpoint writes in a local folder; returns them."""
+    if _is_remote(folder) or not Path(folder).is_dir():
+        return []
+    removed = []
+    for child in Path(folder).iterdir():
+        if TEMP_NAME.match(child.name):
+            child.unlink(missing_ok=True)
+            removed.append(str(child))
+    return removed
+
+
+def check_integrity(data: bytes, path: str) -> None:
+    """Raise CorruptCheckpoint unless `data` is a whole zip archive whose CRC-32s all match."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise CorruptCheckpoint(
+            f"checkpoint {path} is truncated or damaged ({len(data)} bytes: {exc})"
+        ) from None
+    if bad is not None:
+        raise CorruptCheckpoint(f"checkpoint {path} is damaged: member {bad!r} fails its CRC-32")
+
+
 def load(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`; a file that needs arbitrary pickles is refused."""
     data = _read(str(path))
+    check_integrity(data, str(path))
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (
@@ -213,6 +287,25 @@ def resolve_resume(resume: str, folder: str) -> str | None:
     ):
         raise UserError(f"run.resume={resume!r}: no such checkpoint (use auto, never or a path)")
     return resume
+
+
+def load_resume(
+    resume: str, folder: str, log: Callable[[str], None] | None = None
+) -> tuple[str | None, dict[str, Any] | None]:
+    """Resolve `run.resume` and load it; `auto` skips corrupt checkpoints, newest first.
+
+    Returns `(path, payload)`, or `(None, None)` when there is nothing to resume from.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if resume != "auto":
+        path = resolve_resume(resume, folder)
+        return (path, load(path)) if path else (None, None)
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, load(path)
+        except CorruptCheckpoint as exc:
+            log(f"warning: skipping {exc}; trying the previous checkpoint")
+    return None, None
 
 
 def build_model(meta: dict[str, Any]) -> torch.nn.Module:

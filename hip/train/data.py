@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hip.errors import UserError
+from hip.errors import LabelRangeError, UserError
 
 BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
 IGNORE_INDEX = 255
@@ -36,6 +36,7 @@ class DataSource:
     manifest: dict[str, Any] | None = None
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     manifest_path: str | None = None
+    skip_corrupt: bool = False  # evaluation: skip (warn) corrupt samples instead of raising
 
     @property
     def num_classes(self) -> int:
@@ -65,13 +66,37 @@ class DataSource:
         skip: int = 0,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One epoch of batches for this rank, skipping the first `skip` (resumption)."""
+        """One epoch of batches for this rank, skipping the first `skip` (resumption).
+
+        Labels (and segmentation mask classes) are checked against the data's label names:
+        an out-of-range value raises :class:`LabelRangeError` naming the split and sample.
+        """
+        for batch in self._raw_batches(
+            split, batch_size, train, epoch, seed, rank, world_size, num_workers, skip, limit
+        ):
+            check_labels(batch, self.task, self.num_classes, f"{self.name!r} split {split!r}")
+            yield batch
+
+    def _raw_batches(
+        self,
+        split: str,
+        batch_size: int,
+        train: bool,
+        epoch: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        skip: int,
+        limit: int | None,
+    ) -> Iterator[dict[str, Any]]:
         if self.arrays:
             yield from self._array_batches(
                 split, batch_size, train, epoch, seed, rank, world_size, skip, limit
             )
             return
         import hip.data as hd  # the shard loaders (data stage)
+        from hip.data.loader import warn_and_skip
 
         it = hd.loader(
             self.manifest_path,
@@ -82,6 +107,7 @@ class DataSource:
             seed=seed + epoch,
             rank=rank,
             world_size=world_size,
+            handler=warn_and_skip if self.skip_corrupt and not train else None,
         )
         for i, batch in enumerate(it):
             if i >= skip:
@@ -128,6 +154,45 @@ class DataSource:
             if "mask" in arr:
                 batch["mask"] = torch.from_numpy(arr["mask"][idx])
             yield batch
+
+
+def check_labels(batch: dict[str, Any], task: str, num_classes: int, where: str) -> None:
+    """Raise LabelRangeError when a batch's labels do not fit `num_classes` (0: unknown, no check)."""
+    if num_classes <= 0:
+        return
+    if task == "segmentation":
+        mask = batch.get("mask")
+        if mask is None:
+            return
+        bad = (mask < 0) | ((mask >= num_classes) & (mask != IGNORE_INDEX))
+        what = "mask class"
+        values = mask[bad]
+    elif task == "multilabel":
+        label = batch.get("label")
+        if label is None or label.ndim != 2 or label.shape[1] == num_classes:
+            return
+        raise LabelRangeError(
+            f"{where}: multi-hot labels have {label.shape[1]} classes, the data names "
+            f"{num_classes}; the manifest's label_names and the shards disagree"
+        )
+    elif task == "classification":
+        label = batch.get("label")
+        if label is None or label.ndim != 1:
+            return
+        bad = (label < 0) | (label >= num_classes)
+        what = "label"
+        values = label[bad]
+    else:
+        return
+    if bool(bad.any()):
+        keys = batch.get("key")
+        first = ""
+        if keys is not None and task == "classification":
+            first = f" (sample {keys[int(bad.nonzero()[0, 0])]!r})"
+        raise LabelRangeError(
+            f"{where}: {what} {int(values[0])} is outside 0..{num_classes - 1}{first}; the data "
+            f"names {num_classes} classes: fix the labels, or re-shard so label_names covers them"
+        )
 
 
 def _digest(*arrays: np.ndarray) -> str:

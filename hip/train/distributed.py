@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hip.errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -38,8 +40,19 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         return (
             torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         )
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device={name!r} but CUDA is not available here; use auto or cpu")
+        suffix = name.split(":", 1)[1] if ":" in name else str(local_rank)
+        if not suffix.isdigit():
+            raise UserError(f"run.device={name!r}: use auto, cpu, cuda or cuda:N")
+        index = int(suffix)
+        if index >= torch.cuda.device_count():
+            raise UserError(
+                f"run.device={name!r}: no CUDA device {index} (this machine has "
+                f"{torch.cuda.device_count()})"
+            )
+        return torch.device(f"cuda:{index}")
     return torch.device(name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +247,14 @@ def _train(
     seed = int(cfg.run.seed)
     seed_all(seed + info.rank)
     source = source or open_source(cfg.data)
+    if info.is_main and source.num_samples(str(cfg.data.eval_split)) is None:
+        # Said before training, not discovered after it: the run itself is still valid.
+        print(
+            f"warning: the data has no split {str(cfg.data.eval_split)!r}; the final evaluation "
+            "is skipped (set data.eval_split to a split the data has)",
+            file=sys.stderr,
+            flush=True,
+        )
     own_tracker = tracker is None
     if own_tracker:  # first, so that an unreachable MLflow fails before any work
         tracker = tracking.start_stage(cfg, _stage_of(cfg), is_main=info.is_main, source=source)
@@ -280,9 +289,18 @@ def _run(
     resolved = to_dict(cfg)
 
     step, epoch, batch_in_epoch, samples_seen = 0, 0, 0, 0
-    resume_from = hdist.broadcast_object(ckpt.resolve_resume(str(cfg.run.resume), ckpt_dir), info)
+    skipped_steps, corrupt_samples = 0, 0
+    resume_from, payload = None, None
+    if info.is_main:  # rank 0 picks the checkpoint (skipping corrupt ones), the others follow
+        for stale in ckpt.remove_stale_temp(ckpt_dir):
+            print(f"removed the temp file of an interrupted checkpoint write: {stale}", flush=True)
+        resume_from, payload = ckpt.load_resume(str(cfg.run.resume), ckpt_dir)
+    resume_from = hdist.broadcast_object(resume_from, info)
     if resume_from:
-        payload = ckpt.load(str(resume_from))
+        if payload is None:
+            payload = ckpt.load(str(resume_from))
+        if info.is_main:
+            print(f"resuming from {resume_from} (step {int(payload['step'])})", flush=True)
         if payload["model_meta"]["task"] != task:
             raise UserError(
                 f"cannot resume {task} from {resume_from}: it is a {payload['model_meta']['task']} checkpoint"
@@ -302,6 +320,9 @@ def _run(
             int(pos["batch_in_epoch"]),
             int(pos["samples_seen"]),
         )
+        counters = payload.get("counters") or {}
+        skipped_steps = int(counters.get("skipped_steps", 0))
+        corrupt_samples = int(counters.get("corrupt_samples", 0))
     last_ckpt: str | None = str(resume_from) if resume_from else None
 
     metrics_log = (
@@ -324,6 +345,8 @@ def _run(
     total = int(cfg.optim.total_steps)
     stop_at = cfg.run.stop_at_step
     clip = float(cfg.optim.grad_clip)
+    on_nonfinite = str(cfg.run.on_nonfinite)
+    max_skipped = int(cfg.run.max_skipped_steps)
     params = [p for p in wrapped.parameters() if p.requires_grad]
     history: list[dict[str, Any]] = []
     batches_seen = 0
@@ -353,6 +376,7 @@ def _run(
                 "batch_in_epoch": batch_in_epoch,
                 "samples_seen": samples_seen,
             },
+            "counters": {"skipped_steps": skipped_steps, "corrupt_samples": corrupt_samples},
             "config": resolved,
             "model_meta": meta,
             "world_size": info.world_size,
@@ -377,11 +401,13 @@ def _run(
         wrapped.train()
         while step < total and not (stop_at is not None and step >= stop_at):
             loss_sum = torch.zeros((), device=info.device)
+            bad_data = 0
             cur_lr = sched.get_last_lr()[0]
             for micro in range(accum):
                 t0 = time.perf_counter()
                 epoch, idx, batch = next(data_iter)
                 timer.waited(time.perf_counter() - t0)
+                bad_data += int(batch.pop("corrupt_samples", 0))
                 batch_in_epoch = idx + 1
                 batches_seen += 1
                 batch = to_device(batch, info.device)
@@ -392,15 +418,41 @@ def _run(
                         loss = compute_loss(wrapped, batch, task, generator)
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
-            loss_val = float(hdist.all_mean(loss_sum / accum, info))
-            if not math.isfinite(loss_val):
+            # one collective for both: the mean loss and the corrupt samples summed over ranks
+            both = hdist.all_mean(
+                torch.stack([loss_sum / accum, torch.tensor(float(bad_data), device=info.device)]),
+                info,
+            )
+            loss_val = float(both[0])
+            corrupt_samples += round(float(both[1]) * info.world_size)
+            gn = None
+            if math.isfinite(loss_val):
+                gn = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+                gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+            if gn is None or not math.isfinite(float(gn)):
+                # Non-finite loss or gradients: no optimizer or scheduler update for this batch.
                 opt.zero_grad(set_to_none=True)
-                raise TrainingDiverged(
-                    f"loss is {loss_val} at step {step + 1}; stopped without saving. Last good checkpoint: "
-                    f"{last_ckpt or 'none yet'}. Try a lower optim.lr, a smaller optim.grad_clip or run.precision=fp32."
-                )
-            gn = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-            gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+                what = f"loss is {loss_val}" if gn is None else f"gradient norm is {float(gn)}"
+                if on_nonfinite == "stop" or skipped_steps >= max_skipped:
+                    why = (
+                        ""
+                        if on_nonfinite == "stop"
+                        else f" after {skipped_steps} skipped step(s) (run.max_skipped_steps)"
+                    )
+                    raise TrainingDiverged(
+                        f"{what} at step {step + 1}{why}; stopped without saving. Last good checkpoint: "
+                        f"{last_ckpt or 'none yet'}. Try a lower optim.lr, a smaller optim.grad_clip or run.precision=fp32."
+                    )
+                skipped_steps += 1
+                if info.is_main:
+                    print(
+                        f"warning: {what} at step {step + 1}; skipped without an update "
+                        f"({skipped_steps} skipped so far, run.on_nonfinite=skip)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                timer.finish(0)
+                continue
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -414,6 +466,8 @@ def _run(
                 **timer.finish(global_batch),
                 "memory_mb": memory_mb(info.device),
                 "epoch": epoch,
+                "skipped_steps": skipped_steps,
+                "corrupt_samples": corrupt_samples,
             }
             history.append(record)
             if info.is_main:
@@ -442,7 +496,8 @@ def _run(
         bar.close()
 
     eval_metrics: dict[str, Any] = {}
-    if info.is_main and step >= total:
+    has_eval_split = source.num_samples(str(cfg.data.eval_split)) is not None
+    if info.is_main and step >= total and has_eval_split:
         from hip.evaluate import evaluate_model
 
         eval_metrics = evaluate_model(

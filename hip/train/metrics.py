@@ -51,8 +51,11 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if keep_until_step is not None and self.path.exists():  # resumed: drop steps after it
+            from hip.storage import atomic_write_text
+
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_until_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # atomic, so that a crash now cannot lose the steps before the checkpoint
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif keep_until_step is None and self.path.exists():
             self.path.unlink()
 
@@ -63,8 +66,16 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics JSONL file (empty if missing)."""
+    """All records of a metrics JSONL file (empty if missing); a line torn by a crash is skipped."""
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    records = []
+    for line in p.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the last line of a process killed mid-write
+            continue
+    return records

@@ -1,0 +1,207 @@
+"""Service faults against real servers: MLflow lost mid-training, S3 stopped mid-upload.
+
+Wrong S3 credentials: tests/test_data_s3.py::test_wrong_credentials_and_missing_bucket.
+MLflow unreachable at start: tests/test_tracking.py::test_unreachable_server_fails_fast.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import warnings
+
+import mlflow
+import pytest
+
+from hip import storage, tracking
+from hip.data import read_manifest, shard, verify
+from hip.errors import UserError
+from hip.train import loop
+from tests.s3server import s3_server  # noqa: F401 - session fixture
+from tests.test_tracking import free_port, pretrain_cfg, start_mlflow_server, stop_process_group
+
+pytestmark = pytest.mark.slow
+
+STEPS, KILL_AT, BACK_AT = 12, 3, 8
+
+
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
+
+
+def test_mlflow_lost_mid_training_buffers_and_flushes(tmp_path, monkeypatch):
+    """SIGKILL the server at step 3, restart it (same port and SQLite file); nothing is lost."""
+    root = tmp_path / "server"
+    root.mkdir()
+    port = free_port()
+    server = {"proc": start_mlflow_server(root, port)}
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setattr(tracking, "RETRY_S", 0.0)  # retry on every step (refused: fast)
+    restarted, back = threading.Event(), threading.Event()
+    seen: dict[str, float] = {}
+
+    def restart() -> None:
+        back.wait(300)  # stay down until step BACK_AT, however fast the steps are
+        server["proc"] = start_mlflow_server(root, port)
+        restarted.set()
+
+    class Outage(tracking.StageRun):
+        def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+            if step == KILL_AT and "loss" in metrics:
+                stop_process_group(server["proc"], signal.SIGKILL)
+                seen["killed"] = time.monotonic()
+                threading.Thread(target=restart, daemon=True).start()
+            if step == BACK_AT and "loss" in metrics:
+                assert self.buffered >= BACK_AT - KILL_AT - 1  # steps 3..7 waited in memory
+                back.set()
+                assert restarted.wait(90), "mlflow server did not come back"
+            super().log_metrics(metrics, step)
+
+    monkeypatch.setattr(
+        tracking, "start_stage", lambda cfg, stage, is_main, source: Outage(cfg, stage, source)
+    )
+    cfg = pretrain_cfg(
+        tmp_path / "pre", f"tracking.uri={uri}", f"optim.total_steps={STEPS}",
+        "tracking.system_metrics=false", "run.checkpoint_every=100",
+    )  # fmt: skip
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = loop.train(cfg)
+        outage = [w for w in caught if issubclass(w.category, tracking.TrackingUnavailableWarning)]
+        texts = [str(w.message) for w in outage]
+        assert len(texts) == 2, texts  # one "unreachable" per outage, one "is back"
+        assert "unreachable" in texts[0] and "training goes on" in texts[0]
+        assert "is back" in texts[1]
+        assert res.step == STEPS and "killed" in seen
+        client = mlflow.MlflowClient(uri)
+        run = client.get_run(res.run_id)
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(res.run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # none lost
+        by_step = {m.step: m.value for m in history}
+        assert all(by_step[r["step"]] == pytest.approx(r["loss"]) for r in res.history)
+        assert "eval_masked_mse" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(res.run_id)} >= {
+            "checkpoint",
+            "metrics.jsonl",
+        }
+    finally:
+        stop_process_group(server["proc"])
+
+
+def test_mlflow_buffer_is_bounded_and_flushed_at_end(tmp_path, monkeypatch):
+    """Server gone for good: the buffer keeps the newest N metrics, end() warns and returns."""
+    root = tmp_path / "server"
+    root.mkdir()
+    port = free_port()
+    proc = start_mlflow_server(root, port)
+    uri = f"http://127.0.0.1:{port}"
+    cfg = pretrain_cfg(tmp_path / "pre", f"tracking.uri={uri}", "tracking.system_metrics=false")
+    monkeypatch.setattr(tracking, "MAX_BUFFERED_METRICS", 10)
+    monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 1.0)
+    run = tracking.StageRun(cfg, "pretrain")
+    stop_process_group(proc, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.warns(tracking.TrackingUnavailableWarning) as caught:
+        for step in range(1, 21):
+            run.log_metrics({"loss": float(step)}, step)
+        run.end()
+    assert time.monotonic() - t0 < 15  # never blocks training for long
+    assert len(run._metrics) == 10 and run._dropped == 10
+    assert [m.step for m in run._metrics] == list(range(11, 21))  # the newest are kept
+    assert any("were not sent" in str(w.message) for w in caught)
+    assert mlflow.active_run() is None  # a later run starts cleanly
+
+
+# -- S3 ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3env(s3_server, monkeypatch):  # noqa: F811
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
+def _kill_during(
+    server, op: str, match: str, restart_after: float | None, config: storage.S3Config
+) -> dict:
+    """Stop the server the first time `op` is sent for a key containing `match`."""
+    state: dict = {"done": threading.Event()}
+
+    def handler(request, **_: object) -> None:
+        if "killed" in state or match not in request.url:
+            return
+        state["killed"] = request.url
+        server.kill()
+        if restart_after is not None:
+
+            def back() -> None:
+                time.sleep(restart_after)
+                server.start()
+                state["done"].set()
+
+            threading.Thread(target=back, daemon=True).start()
+
+    events = storage.s3_client(config).meta.events
+    events.register(f"before-send.s3.{op}", handler)
+    state["unregister"] = lambda: events.unregister(f"before-send.s3.{op}", handler)
+    return state
+
+
+def _manifest_names_only_existing(uri: str, server, bucket: str) -> None:
+    keys = {o["Key"] for o in server.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+    try:
+        manifest = read_manifest(uri)
+    except UserError:
+        return  # no manifest yet: nothing referenced
+    prefix = uri.split("/", 3)[3]
+    for split in manifest["splits"].values():
+        for s in split["shards"]:
+            assert f"{prefix}/{s['name']}" in keys
+
+
+def test_s3_stopped_mid_multipart_upload_retries_then_succeeds(s3env):
+    """weed killed while a part of a multipart upload is sent, back ~1 s later: botocore retries."""
+    bucket = s3env.make_bucket()
+    data = bytes(range(256)) * (11 * 4096)  # 11 MiB: 3 parts of 5 MiB
+    config = storage.S3Config(max_attempts=10)
+    state = _kill_during(s3env, "UploadPart", "partNumber=2", 0.5, config)
+    old = storage.MULTIPART_THRESHOLD, storage.MULTIPART_CHUNKSIZE
+    storage.MULTIPART_THRESHOLD = storage.MULTIPART_CHUNKSIZE = 5 * 1024 * 1024
+    try:
+        storage.write_bytes(f"s3://{bucket}/big.bin", data, config)
+    finally:
+        storage.MULTIPART_THRESHOLD, storage.MULTIPART_CHUNKSIZE = old
+        state["unregister"]()
+    assert state["done"].wait(60) and "killed" in state
+    assert storage.read_bytes(f"s3://{bucket}/big.bin") == data
+    keys = [o["Key"] for o in s3env.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["big.bin"]  # the temporary key is gone
+
+
+def test_s3_down_during_sharding_fails_cleanly_then_resumes(s3env):
+    """weed killed during the second shard's upload and kept down: a clear error, no manifest
+    entry for a missing object; after the restart the same command completes and verifies."""
+    bucket = s3env.make_bucket()
+    uri = f"s3://{bucket}/digits"
+    config = storage.S3Config(max_attempts=2)
+    state = _kill_during(s3env, "PutObject", "train-000001.tar", None, config)
+    try:
+        with pytest.raises(UserError, match="cannot reach S3|S3 error"):
+            shard("digits", None, uri, "train", max_count=300, s3=config)
+    finally:
+        state["unregister"]()
+    assert "killed" in state
+    s3env.start()
+    _manifest_names_only_existing(uri, s3env, bucket)
+    manifest = shard("digits", None, uri, "train", max_count=300)
+    assert manifest["splits"]["train"]["num_samples"] == 1437
+    assert verify(uri) == []
+    _manifest_names_only_existing(uri, s3env, bucket)
