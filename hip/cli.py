@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `hip ARGS`; user errors print one line to stderr and exit 2, no traceback."""
-    parser = build_parser()
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` with `parser` and call the chosen subcommand's `func`, reporting user errors."""
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hip.errors import UserError
+from hip.errors import UserError, unknown_name
 
 STAGES = ("pretrain", "finetune", "evaluate")
 TASKS = ("mae", "classification", "multilabel", "segmentation")
@@ -171,11 +171,8 @@ def preset_text(name: str, kind: str = "train") -> tuple[str, str]:
         return path.read_text(), str(path.resolve())
     names = available_configs(kind)
     if name not in names:
-        hint = difflib.get_close_matches(name, names, n=1)
         raise UserError(
-            f"unknown {kind} config {name!r}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; available: {', '.join(names) or 'none'} (or give a path to a .yaml file)"
+            unknown_name(f"{kind} config", name, names) + " (or give a path to a .yaml file)"
         )
     return (_preset_dir(kind) / f"{name}.yaml").read_text(), f"hip/configs/{kind}/{name}.yaml"
 

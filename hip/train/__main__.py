@@ -6,24 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from hip.errors import UserError
+from hip.cli import run
 from hip.train import cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `pretrain|finetune|evaluate ...` and run it; user errors exit 2 without a traceback."""
     parser = argparse.ArgumentParser(prog="python -m hip.train")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    cli.register(sub)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"hip {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    cli.register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

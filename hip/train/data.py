@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hip.errors import LabelRangeError, UserError
+from hip.errors import LabelRangeError, UserError, unknown_name
 
 BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
 IGNORE_INDEX = 255
@@ -219,13 +219,8 @@ def builtin_source(name: str) -> DataSource:
     has 12 binary labels (the digit, even/odd). Splits: train and test (20%).
     """
     if name not in BUILTIN_SOURCES:
-        import difflib
-
-        hint = difflib.get_close_matches(name, BUILTIN_SOURCES, n=1)
         raise UserError(
-            f"unknown data.source {name!r}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            + f"; built-in sources: {', '.join(BUILTIN_SOURCES)} (or set data.manifest)"
+            unknown_name("data.source", name, BUILTIN_SOURCES) + " (or set data.manifest)"
         )
     if name == "digits":
         from sklearn.datasets import load_digits
