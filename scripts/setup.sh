@@ -20,7 +20,7 @@ echo "==> creating virtual environment in $VENV"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 echo "==> installing $TORCH_SPEC (first, so nothing pulls a CUDA build)"
-"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v '^WARNING: Location' || true
+"$VENV/bin/python" -m pip install -q "$TORCH_SPEC" numpy 2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c 'import torch' # fail here, clearly, if torch did not install
 echo "==> installing the project (.[${EXTRAS}])"
 "$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]" 2>&1 | grep -v '^WARNING: Location' || true

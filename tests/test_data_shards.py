@@ -58,8 +58,8 @@ def test_manifest_contents_and_names(folder, tmp_path):
 
 
 def test_deterministic_bytes_and_seeded_order(folder, tmp_path):
-    a = shard("imagefolder", folder, tmp_path / "a", max_count=6)
-    b = shard("imagefolder", folder, tmp_path / "b", max_count=6)
+    a = shard("imagefolder", folder, tmp_path / "a", max_count=6, seed=None)  # sorted order
+    b = shard("imagefolder", folder, tmp_path / "b", max_count=6, seed=None)
     sha = lambda m: [s["sha256"] for s in m["splits"]["train"]["shards"]]  # noqa: E731
     assert sha(a) == sha(b)
     c = shard("imagefolder", folder, tmp_path / "c", max_count=6, seed=3)
@@ -72,6 +72,10 @@ def test_deterministic_bytes_and_seeded_order(folder, tmp_path):
 
     assert keys(tmp_path / "a") == sorted(keys(tmp_path / "a"), key=lambda k: (k.split("_")[0], k))
     assert sorted(keys(tmp_path / "c")) == sorted(keys(tmp_path / "a")) != keys(tmp_path / "c")
+    # The default is a seeded shuffle (seed 0): deterministic, and classes are mixed.
+    f = shard("imagefolder", folder, tmp_path / "f", max_count=6)
+    g = shard("imagefolder", folder, tmp_path / "g", max_count=6, seed=0)
+    assert sha(f) == sha(g) != sha(a)
 
 
 def test_max_bytes_splits_shards(folder, tmp_path):
