@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.s3server import s3_server, s3env  # noqa: F401 - the real S3 server fixtures
+
 FIXTURES = Path(__file__).parent / "fixtures"
 # CI lays a read-only copy of shared/ beside the clone; a fresh clone elsewhere has none.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

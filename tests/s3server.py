@@ -3,7 +3,7 @@
 Every port `weed mini` opens (master, volume, filer, S3, admin, each HTTP + gRPC) is chosen
 free and bound to 127.0.0.1; credentials are enforced through AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY in the server's environment. Use the `s3_server` fixture (session
-scope) by importing it into a test module: `from tests.s3server import s3_server  # noqa: F401`.
+scope) and `s3env` (that server in the test's environment); tests/conftest.py exposes both.
 """
 
 from __future__ import annotations
@@ -180,3 +180,13 @@ def s3_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3env(s3_server, monkeypatch):  # noqa: F811
+    """The session's S3 server, with its endpoint and credentials in this test's environment."""
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server

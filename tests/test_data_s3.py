@@ -13,18 +13,8 @@ from hip import storage
 from hip.cli import main
 from hip.data import loader, read_manifest, shard, verify
 from hip.errors import UserError
-from tests.s3server import s3_server  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.slow  # starts a server (~3 s)
-
-
-@pytest.fixture
-def s3env(s3_server, monkeypatch):  # noqa: F811
-    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in s3_server.env.items():
-        monkeypatch.setenv(k, v)
-    return s3_server
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from hip import storage, tracking
 from hip.data import read_manifest, shard, verify
 from hip.errors import UserError
 from hip.train import loop
-from tests.s3server import s3_server  # noqa: F401 - session fixture
 from tests.test_tracking import free_port, pretrain_cfg, start_mlflow_server, stop_process_group
 
 pytestmark = pytest.mark.slow
@@ -118,15 +117,6 @@ def test_mlflow_buffer_is_bounded_and_flushed_at_end(tmp_path, monkeypatch):
 
 
 # -- S3 ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3env(s3_server, monkeypatch):  # noqa: F811
-    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in s3_server.env.items():
-        monkeypatch.setenv(k, v)
-    return s3_server
 
 
 def _kill_during(

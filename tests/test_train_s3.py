@@ -7,18 +7,8 @@ import pytest
 from hip.config import load_config
 from hip.train import checkpoint as ckpt
 from hip.train import loop
-from tests.s3server import s3_server  # noqa: F401 - session fixture
 
 pytestmark = pytest.mark.slow  # starts a server (~3 s)
-
-
-@pytest.fixture
-def s3env(s3_server, monkeypatch):  # noqa: F811
-    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in s3_server.env.items():
-        monkeypatch.setenv(k, v)
-    return s3_server
 
 
 def test_s3_checkpoints_resume(tmp_path, s3env):
