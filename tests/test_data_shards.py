@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -227,3 +229,12 @@ def test_read_manifest_rejects_foreign_json(tmp_path):
     with pytest.raises(hip.errors.UserError, match="not a hip-shards"):
         read_manifest(tmp_path)
     assert shards_mod.shard_name("val", 12) == "val-000012.tar"
+
+
+def test_atomic_writes_leave_no_temp_and_take_the_umask_mode(tmp_path):
+    target = storage.atomic_write_text(tmp_path / "sub" / "manifest.json", "{}")
+    assert target.read_text() == "{}"
+    assert [p.name for p in target.parent.iterdir()] == ["manifest.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask  # not mkstemp's 0600
