@@ -46,11 +46,16 @@ def plot_curves(history: list[dict[str, Any]], out: Path) -> list[Path]:
             ax.set_yscale("log")
         ax.set_title(f"training {key}")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        paths.append(out / name)
+        paths.append(_save(fig, out / name))
     return paths
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write as PNG and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_reconstructions(result: EvalResult, out: Path) -> Path | None:
@@ -91,11 +96,7 @@ def plot_reconstructions(result: EvalResult, out: Path) -> Path | None:
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = out / "reconstructions.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "reconstructions.png")
 
 
 def plot_confusion(result: EvalResult, out: Path) -> Path | None:
@@ -114,11 +115,7 @@ def plot_confusion(result: EvalResult, out: Path) -> Path | None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (row-normalised)")
-    fig.tight_layout()
-    path = out / "confusion.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "confusion.png")
 
 
 def plot_per_class(result: EvalResult, out: Path) -> Path | None:
@@ -136,11 +133,7 @@ def plot_per_class(result: EvalResult, out: Path) -> Path | None:
     ax.set_ylim(0, 1)
     ax.set_ylabel(key.upper())
     ax.set_title(f"per-class {key.upper()}")
-    fig.tight_layout()
-    path = out / f"per_class_{key}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, out / f"per_class_{key}.png")
 
 
 def write_report(

@@ -50,24 +50,28 @@ def _print_result(stage: str, result: Any) -> None:
     print(", ".join(parts))
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    """Run MAE pretraining."""
-    from hip.config import load_config
+def _train_and_report(stage: str, cfg: Any) -> int:
+    """Train `cfg`; rank 0 prints the result, every rank its batch count when distributed."""
     from hip.train.loop import train
 
-    cfg = load_config("pretrain", args.config, args.overrides)
     result = train(cfg)
     if result.rank == 0:
-        _print_result("pretrain", result)
+        _print_result(stage, result)
     if result.world_size > 1:
         print(f"rank {result.rank}/{result.world_size}: {result.batches_seen} batches", flush=True)
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Run MAE pretraining."""
+    from hip.config import load_config
+
+    return _train_and_report("pretrain", load_config("pretrain", args.config, args.overrides))
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Finetune on a benchmark from a pretraining checkpoint."""
     from hip.config import load_config
-    from hip.train.loop import train
 
     name = args.config or args.benchmark
     if not name:
@@ -76,13 +80,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.pretrained:
         overrides.append(f"task.pretrained={args.pretrained}")
     kind = "benchmarks" if args.benchmark and not args.config else None
-    cfg = load_config("finetune", name, overrides, kind=kind)
-    result = train(cfg)
-    if result.rank == 0:
-        _print_result("finetune", result)
-    if result.world_size > 1:
-        print(f"rank {result.rank}/{result.world_size}: {result.batches_seen} batches", flush=True)
-    return 0
+    return _train_and_report("finetune", load_config("finetune", name, overrides, kind=kind))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
