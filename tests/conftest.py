@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.needs import need
 from tests.s3server import s3_server, s3env  # noqa: F401 - the real S3 server fixtures
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -22,8 +23,7 @@ def _seed_and_threads() -> None:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data sets in ../shared/data (skips with a reason when absent)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    need(SHARED_DATA.is_dir(), f"shared data at {SHARED_DATA}")
     return SHARED_DATA
 
 

