@@ -45,10 +45,10 @@ class GroupPlan:
         """Bool `[G, L]`: True where a slot holds a real token, False where it is padding."""
         real = torch.zeros(self.num_groups, self.group_length, dtype=torch.bool)
         for m in self.modalities:
-            real[m.groups, : m.tokens_per_group] = True
-            if m.final_padding:
-                last = m.first_group + m.num_groups - 1
-                real[last, m.tokens_per_group - m.final_padding :] = False
+            # Token i of the modality's group j is real when j * tokens_per_group + i < length
+            # (the final padding can span more than the last group when length ~ groups).
+            flat = torch.arange(m.num_groups * m.tokens_per_group).view(m.num_groups, -1)
+            real[m.groups, : m.tokens_per_group] = flat < m.length
         return real
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from hip.model.grouping import group_modality, ungroup
 from hip.model.hip import HiP
-from hip.model.masking import GroupMask, gather_groups, groupwise_mask
+from hip.model.masking import GroupMask, gather_groups, gather_positions, groupwise_mask
 
 
 @dataclass
@@ -31,6 +31,14 @@ class MAEOutput:
     mask: GroupMask
 
 
+def _same_device(have: torch.device, want: torch.device | str | None) -> bool:
+    """True when `want` (None: wherever the inputs are) names `have` ('cuda' names 'cuda:0')."""
+    if want is None:
+        return True
+    want = torch.device(want)
+    return have.type == want.type and (want.index is None or want.index == have.index)
+
+
 class MAE(nn.Module):
     """Groupwise-masked auto-encoder around a full (encoder-decoder) HiP.
 
@@ -45,6 +53,9 @@ class MAE(nn.Module):
             raise ValueError("MAE needs a HiP built with its decoder blocks")
         self.model = model
         self.config = config or MAEConfig()
+        # Which grouped slots hold real tokens, kept on the model's device (not rebuilt and
+        # copied to it at every step); not persistent: it follows from the plan.
+        self.register_buffer("real", model.plan.real_tokens(), persistent=False)
 
     def _targets(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw inputs grouped per modality: `{name: [B, g, L, C]}` with zero padding."""
@@ -61,10 +72,25 @@ class MAE(nn.Module):
         std = (var + 1e-6).sqrt()
         return (target - mean) / std, mean, std
 
+    def visible_tokens(self, inputs: Mapping[str, torch.Tensor], mask: GroupMask) -> torch.Tensor:
+        """The encoder's input `[B, G, n_keep, E]`: embedding + position of the kept tokens.
+
+        Gathers the raw values and the position vectors first and embeds only the kept
+        tokens, so the full-size `[B, G, L, E]` embedding is never built (the same numbers as
+        `gather_groups(model.group_inputs(inputs), mask.keep)`: the embedding is per token).
+        """
+        pos = self.model.positions()
+        parts = []
+        for m in self.model.plan.modalities:
+            keep = mask.keep[:, m.groups]
+            raw = gather_groups(group_modality(m, inputs[m.name]), keep)
+            table = group_modality(m, pos[m.name].unsqueeze(0))[0]
+            parts.append(self.model.embed[m.name](raw) + gather_positions(table, keep))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def encode_visible(self, inputs: Mapping[str, torch.Tensor], mask: GroupMask) -> torch.Tensor:
         """Encoder + decoder blocks on the kept tokens only; returns the last latents."""
-        x = gather_groups(self.model.group_inputs(inputs), mask.keep)
-        return self.model.decode(self.model.encode(x))
+        return self.model.decode(self.model.encode(self.visible_tokens(inputs, mask)))
 
     def sample_mask(
         self,
@@ -74,7 +100,12 @@ class MAE(nn.Module):
     ) -> GroupMask:
         """A fresh groupwise mask for a batch."""
         return groupwise_mask(
-            self.model.plan, batch_size, self.config.mask_ratio, generator, device
+            self.model.plan,
+            batch_size,
+            self.config.mask_ratio,
+            generator,
+            device,
+            real=self.real if _same_device(self.real.device, device) else None,
         )
 
     def forward(
@@ -89,7 +120,7 @@ class MAE(nn.Module):
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
         z = self.encode_visible(inputs, mask)
-        queries = gather_groups(self.model.grouped_positions(), mask.masked)
+        queries = gather_positions(self.model.grouped_positions()[0], mask.masked)
         preds = self.model.reconstruct(z, queries)
         weight = mask.masked_is_real()
         raw = self._targets(inputs)

@@ -21,6 +21,7 @@ from hip.config import to_dict
 from hip.errors import UserError
 from hip.train import checkpoint as ckpt
 from hip.train import distributed as hdist
+from hip.train import step as hstep
 from hip.train.data import DataSource, infinite, open_source
 from hip.train.metrics import MetricsLog, StepTimer, memory_mb
 from hip.train.optim import (
@@ -418,21 +419,31 @@ def _run(
                         loss = compute_loss(wrapped, batch, task, generator)
                     (loss / accum).backward()
                 loss_sum += loss.detach().float()
-            # one collective for both: the mean loss and the corrupt samples summed over ranks
-            both = hdist.all_mean(
-                torch.stack([loss_sum / accum, torch.tensor(float(bad_data), device=info.device)]),
-                info,
+            loss_mean = loss_sum / accum
+            if info.distributed:  # one collective: the mean loss and the corrupt samples
+                both = hdist.all_mean(
+                    torch.stack([loss_mean, torch.full_like(loss_mean, float(bad_data))]), info
+                )
+                loss_mean, bad_data_t = both[0], both[1] * info.world_size
+            gn_t, stepped = hstep.clip_and_step(
+                params, opt, loss_mean, clip, on_device=strategy != "fsdp"
             )
-            loss_val = float(both[0])
-            corrupt_samples += round(float(both[1]) * info.world_size)
-            gn = None
-            if math.isfinite(loss_val):
-                gn = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-                gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
-            if gn is None or not math.isfinite(float(gn)):
-                # Non-finite loss or gradients: no optimizer or scheduler update for this batch.
+            # The step's one read from the device, after its whole update is queued.
+            queued = [loss_mean.float(), gn_t.float()]
+            read = torch.stack(queued + ([bad_data_t] if info.distributed else [])).tolist()
+            loss_val, gn = read[0], read[1]
+            if info.distributed:
+                bad_data = round(read[2])
+            corrupt_samples += bad_data
+            if not (math.isfinite(loss_val) and math.isfinite(gn)):
+                # Non-finite loss or gradients: no optimizer or scheduler update for this batch
+                # (a fused optimizer has already skipped it on the device).
                 opt.zero_grad(set_to_none=True)
-                what = f"loss is {loss_val}" if gn is None else f"gradient norm is {float(gn)}"
+                what = (
+                    f"loss is {loss_val}"
+                    if not math.isfinite(loss_val)
+                    else f"gradient norm is {gn}"
+                )
                 if on_nonfinite == "stop" or skipped_steps >= max_skipped:
                     why = (
                         ""
@@ -453,7 +464,8 @@ def _run(
                     )
                 timer.finish(0)
                 continue
-            opt.step()
+            if not stepped:
+                opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -462,7 +474,7 @@ def _run(
                 "step": step,
                 "loss": loss_val,
                 "lr": cur_lr,
-                "grad_norm": float(gn),
+                "grad_norm": gn,
                 **timer.finish(global_batch),
                 "memory_mb": memory_mb(info.device),
                 "epoch": epoch,
