@@ -1,6 +1,21 @@
-"""Training: the loop (MAE pretraining and finetuning), optimizer/schedule, checkpoints, DDP."""
+"""Training: the loop (MAE pretraining and finetuning), optimizer/schedule, checkpoints, DDP.
 
-from hip.train.checkpoint import load_model
-from hip.train.loop import TrainingDiverged, TrainResult, train
+Attributes load lazily so `hip.train.step` and `hip.train.optim` import with torch alone
+(the loop itself needs OmegaConf, WebDataset and MLflow).
+"""
+
+from typing import Any
 
 __all__ = ["TrainResult", "TrainingDiverged", "load_model", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from hip.train.checkpoint import load_model
+
+        return load_model
+    if name in ("TrainResult", "TrainingDiverged", "train"):
+        from hip.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'hip.train' has no attribute {name!r}")

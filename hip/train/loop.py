@@ -32,6 +32,7 @@ from hip.train.optim import (
     param_order,
     peak_lr,
 )
+from hip.train.step import autocast, compute_loss, targets_of  # noqa: F401 - re-exported
 
 
 class TrainingDiverged(UserError):
@@ -58,15 +59,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (precision auto or bf16); fp32 elsewhere."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def model_meta(cfg: DictConfig, source: DataSource, num_classes: int | None) -> dict[str, Any]:
@@ -131,27 +123,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def targets_of(batch: dict[str, Any], task: str) -> torch.Tensor:
-    """The label tensor a task trains on (per-position mask for segmentation)."""
-    if task == "segmentation":
-        if "mask" not in batch:
-            raise UserError("segmentation needs batches with a per-position 'mask'")
-        return batch["mask"].long()
-    if task == "multilabel":
-        return batch["label"].float()
-    return batch["label"].long()
-
-
-def compute_loss(
-    model: nn.Module, batch: dict[str, Any], task: str, generator: torch.Generator | None
-) -> torch.Tensor:
-    """The training loss of one batch (MAE or task head)."""
-    if task == "mae":
-        return model(batch["inputs"], generator=generator).loss
-    logits = model(batch["inputs"])
-    return hdist.unwrap(model).loss(logits, targets_of(batch, task))
 
 
 def _gather_rng(info: hdist.DistInfo, generator: torch.Generator) -> list[dict[str, Any]]:

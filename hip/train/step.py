@@ -1,4 +1,7 @@
-"""The optimizer update of one training step, queued without waiting on the device.
+"""One training step's pieces: precision, loss, and an update queued without waiting.
+
+Imports only torch and the model code, so benchmarks (`bench/perf.py`) run the loop's own
+step on a machine without the pipeline's services.
 
 Reading a number back from the GPU (`float(loss)`, `.item()`, `if tensor:`) makes the host
 wait until every queued kernel has run, so the next kernels start late. The update therefore
@@ -10,9 +13,15 @@ gradient norm once, after the whole update is queued.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
+from torch import nn
+
+from hip.errors import UserError
+from hip.train import distributed as hdist
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -46,3 +55,33 @@ def clip_and_step(
     finally:
         del optimizer.found_inf  # type: ignore[attr-defined]
     return norm, True
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (precision auto or bf16); fp32 elsewhere."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def targets_of(batch: dict[str, Any], task: str) -> torch.Tensor:
+    """The label tensor a task trains on (per-position mask for segmentation)."""
+    if task == "segmentation":
+        if "mask" not in batch:
+            raise UserError("segmentation needs batches with a per-position 'mask'")
+        return batch["mask"].long()
+    if task == "multilabel":
+        return batch["label"].float()
+    return batch["label"].long()
+
+
+def compute_loss(
+    model: nn.Module, batch: dict[str, Any], task: str, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The training loss of one batch (MAE or task head)."""
+    if task == "mae":
+        return model(batch["inputs"], generator=generator).loss
+    logits = model(batch["inputs"])
+    return hdist.unwrap(model).loss(logits, targets_of(batch, task))
