@@ -4,6 +4,7 @@ reference points for the real workloads (counted on the meta device: no compute)
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +96,24 @@ def test_bad_arguments_fail_before_any_work(argv, message, capsys, tmp_path):
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_perf_imports_without_the_pipeline_services():
+    """The GPU image has torch and transformers but not OmegaConf, WebDataset or MLflow:
+    bench/perf.py (and the loop's step it runs) must not need them."""
+    code = (
+        "import importlib.abc, sys\n"
+        "BLOCK = {'omegaconf', 'webdataset', 'mlflow', 'boto3', 'prefect'}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCK:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.path.insert(0, 'bench')\n"
+        "import perf\n"
+        "perf.build('hip16_mae', perf.Settings(device=perf.torch.device('cpu'), tiny=True,"
+        " batch=2, side=16)).step()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -65,14 +65,28 @@ class DataSource:
         num_workers: int = 0,
         skip: int = 0,
         limit: int | None = None,
+        pin_memory: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """One epoch of batches for this rank, skipping the first `skip` (resumption).
+
+        `pin_memory` (for a CUDA device) has the loader hand over page-locked batches, whose
+        copy to the GPU is truly asynchronous.
 
         Labels (and segmentation mask classes) are checked against the data's label names:
         an out-of-range value raises :class:`LabelRangeError` naming the split and sample.
         """
         for batch in self._raw_batches(
-            split, batch_size, train, epoch, seed, rank, world_size, num_workers, skip, limit
+            split,
+            batch_size,
+            train,
+            epoch,
+            seed,
+            rank,
+            world_size,
+            num_workers,
+            skip,
+            limit,
+            pin_memory,
         ):
             check_labels(batch, self.task, self.num_classes, f"{self.name!r} split {split!r}")
             yield batch
@@ -89,6 +103,7 @@ class DataSource:
         num_workers: int,
         skip: int,
         limit: int | None,
+        pin_memory: bool = False,
     ) -> Iterator[dict[str, Any]]:
         if self.arrays:
             yield from self._array_batches(
@@ -108,6 +123,7 @@ class DataSource:
             rank=rank,
             world_size=world_size,
             handler=warn_and_skip if self.skip_corrupt and not train else None,
+            pin_memory=pin_memory,
         )
         for i, batch in enumerate(it):
             if i >= skip:
@@ -327,6 +343,7 @@ def infinite(
     start_epoch: int = 0,
     start_batch: int = 0,
     limit: int | None = None,
+    pin_memory: bool = False,
 ) -> Iterable[tuple[int, int, dict[str, Any]]]:
     """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position."""
     epoch, skip = start_epoch, start_batch
@@ -334,7 +351,17 @@ def infinite(
         got = 0
         for i, batch in enumerate(
             source.batches(
-                split, batch_size, True, epoch, seed, rank, world_size, num_workers, skip, limit
+                split,
+                batch_size,
+                True,
+                epoch,
+                seed,
+                rank,
+                world_size,
+                num_workers,
+                skip,
+                limit,
+                pin_memory,
             ),
             start=skip,
         ):

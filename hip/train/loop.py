@@ -334,6 +334,7 @@ def _run(
             epoch,
             batch_in_epoch,
             cfg.data.limit,
+            pin_memory=info.device.type == "cuda",
         )
     )
 
