@@ -25,7 +25,7 @@ test: lint
 	$(PY) -m pytest -q
 
 bench-gpu: setup
-	$(PY) bench/hip_step.py
+	$(PY) bench/perf.py
 
 clean:
 	rm -rf $(VENV) outputs runs .pytest_cache .ruff_cache

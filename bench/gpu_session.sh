@@ -30,7 +30,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, keep its log
 
 case "${1:-main}" in
   main)
-    phase perf_eager 170 "$PY" bench/perf.py --compile none --out "$OUT/perf_eager.json"
+    phase perf_eager 170 "$PY" bench/perf.py --compile none --profile --out "$OUT/perf_eager.json"
     phase perf_compiled 250 "$PY" bench/perf.py --compile model \
       --workloads hip16_full,hip16_mae,hip16_classify,hip256_mae,vit_b16 --out "$OUT/perf_compiled.json"
     ;;

@@ -82,6 +82,7 @@ class Settings:
     read_each_step: bool = True  # the loop's one read of loss/grad norm per step
     mae_gather_first: bool = True  # MAE embeds only the kept tokens
     tiny: bool = False  # small models of the same families (smoke runs)
+    profile: bool = False  # after timing, profile 3 steps: the top operators by device time
 
 
 @dataclass
@@ -240,12 +241,16 @@ def build(name: str, s: Settings, batch: int | None = None) -> Runner:
             {"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups
         ]
         opt = torch.optim.AdamW(groups, lr=1e-4, betas=OPTIM.betas, eps=OPTIM.eps, foreach=True)
-    sdpa = sdpa_kernel([SDPA_BACKENDS[s.sdpa]]) if s.sdpa != "auto" else contextlib.nullcontext()
+
+    def sdpa() -> contextlib.AbstractContextManager:  # a fresh one per use: not re-entrant
+        if s.sdpa == "auto":
+            return contextlib.nullcontext()
+        return sdpa_kernel([SDPA_BACKENDS[s.sdpa]])
 
     def step() -> None:
-        with sdpa, autocast(s.device, "bf16" if s.precision == "bf16" else "fp32"):
+        with sdpa(), autocast(s.device, "bf16" if s.precision == "bf16" else "fp32"):
             loss = loss_fn()
-        with sdpa:
+        with sdpa():
             loss.backward()
         norm, stepped = clip_and_step(params, opt, loss, 1.0)
         if s.read_each_step or not stepped:
@@ -280,13 +285,33 @@ def count_flops(name: str, s: Settings) -> float:
         return _count(name, plain, 1)
 
 
-def _count(name: str, s: Settings, batch: int) -> float:
+def _count(name: str, s: Settings, batch: int, parts: dict | None = None) -> float:
     with s.device:
         runner = build(name, s, batch)
     counter = FlopCounterMode(display=False)
     with counter, sdpa_kernel([SDPBackend.MATH]):
         runner.loss().backward()
+    if parts is not None:
+        parts.update(_breakdown(counter, batch))
     return counter.get_total_flops() / batch
+
+
+def _breakdown(counter: FlopCounterMode, batch: int) -> dict[str, dict[str, float]]:
+    """GFLOP per image of each HiP block and the reconstruction head, split into attention
+    (the two SDPA matmuls) and the rest (projections and MLPs): where a HiP step's work is."""
+    out: dict[str, dict[str, float]] = {}
+    for module, ops in counter.get_flop_counts().items():
+        parts = module.split(".")
+        if "blocks" in parts and parts.index("blocks") == len(parts) - 2:
+            key = "block " + parts[-1]
+        elif parts[-1] == "reconstruction_head":
+            key = "reconstruction head"
+        else:
+            continue
+        attn = sum(v for op, v in ops.items() if "bmm" in str(op) or "attention" in str(op))
+        total = sum(ops.values())
+        out[key] = {"gflop": total / batch / 1e9, "attention_gflop": attn / batch / 1e9}
+    return out
 
 
 def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int) -> dict:
@@ -318,19 +343,47 @@ def time_steps(step: Callable[[], None], device: torch.device, steps: int, warmu
     }
 
 
+def profile_steps(step: Callable[[], None], device: torch.device, top: int = 25) -> list[dict]:
+    """Where a step's time goes: the operators with the most self time over 3 steps
+    (device time on CUDA, CPU time elsewhere), as share of the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [
+        {
+            "op": e.key,
+            "ms_per_step": getattr(e, attr) / 1e3 / 3,
+            "share": getattr(e, attr) / total,
+            "calls_per_step": e.count / 3,
+        }
+        for e in events[:top]
+    ]
+
+
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Dense matmul TFLOP/s measured now, the denominator of MFU."""
-    n, reps = (8192, 10) if device.type == "cuda" else (1024, 5)
+    """Dense matmul TFLOP/s measured now (best of 3 timings), the denominator of MFU."""
+    n, reps = (8192, 10) if device.type == "cuda" else (2048, 2)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+    best = 0.0
+    for _ in range(3):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12)
+    return best
 
 
 def measure(name: str, s: Settings, steps: int, warmup: int, peak: float) -> dict:
@@ -350,6 +403,8 @@ def measure(name: str, s: Settings, steps: int, warmup: int, peak: float) -> dic
         runner = build(name, s)
         row["impl"] = runner.impl
         row.update(time_steps(runner.step, s.device, steps, warmup))
+        if s.profile:
+            row["profile"] = profile_steps(runner.step, s.device)
     except Exception as exc:  # noqa: BLE001
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         return row
@@ -517,6 +572,16 @@ def format_table(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
+def format_profile(row: dict) -> str:
+    """A workload's top operators, one line each."""
+    lines = [f"profile {row['workload']}: top operators by self time"]
+    for p in row["profile"]:
+        lines.append(
+            f"  {p['share']:>5.1%} {p['ms_per_step']:>9.2f} ms/step {p['calls_per_step']:>6.0f}x  {p['op'][:70]}"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line; every list is checked before any model is built."""
     cuda = torch.cuda.is_available()
@@ -535,6 +600,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--sdpa", choices=("auto", *SDPA_BACKENDS), default="auto")
     p.add_argument("--tiny", action="store_true", help="small models of every family (smoke run)")
+    p.add_argument(
+        "--profile", action="store_true", help="also profile 3 steps per workload (top operators)"
+    )
     p.add_argument("--flops-only", action="store_true", help="count GFLOP/img, time nothing")
     p.add_argument(
         "--ablate",
@@ -588,6 +656,7 @@ def main(argv: list[str] | None = None) -> dict:
         compile=args.compile,
         sdpa=args.sdpa,
         tiny=args.tiny,
+        profile=args.profile,
     )
     result: dict[str, Any] = {"meta": environment(device), "settings": vars(args).copy()}
     result["settings"]["device"] = str(device)
@@ -596,12 +665,22 @@ def main(argv: list[str] | None = None) -> dict:
         rows = []
         for name in args.workloads:
             _progress(f"counting FLOPs: {name}")
-            rows.append({"workload": name, "gflop_per_img": count_flops(name, s) / 1e9})
+            row: dict[str, Any] = {"workload": name, "gflop_per_img": count_flops(name, s) / 1e9}
+            if name in HIP_WORKLOADS:
+                row["parts"] = {}
+                meta = dataclasses.replace(s, device=torch.device("meta"))
+                _count(name, meta, 2, row["parts"])
+            rows.append(row)
         result["flops"] = rows
-        tables.append(
-            "GFLOP per image, one train step (forward + backward)\n"
-            + "\n".join(f"{r['workload']:<20}{r['gflop_per_img']:>10.1f}" for r in rows)
-        )
+        lines = ["GFLOP per image, one train step (forward + backward)"]
+        for r in rows:
+            lines.append(f"{r['workload']:<20}{r['gflop_per_img']:>10.1f}")
+            for part, v in r.get("parts", {}).items():
+                share = v["gflop"] / r["gflop_per_img"]
+                lines.append(
+                    f"    {part:<22}{v['gflop']:>8.1f} ({share:>4.0%}; attention {v['attention_gflop']:.1f})"
+                )
+        tables.append("\n".join(lines))
     else:
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
         peak = matmul_peak_tflops(device, dtype)
@@ -613,13 +692,16 @@ def main(argv: list[str] | None = None) -> dict:
                 _progress(f"measuring {name}")
                 rows.append(measure(name, s, args.steps, args.warmup, peak))
             result["results"] = rows
-            result["comparisons"] = compare(rows)
+            result["comparisons"] = compare(rows, device)
             tables.append(
                 format_table(
                     rows, f"training steps ({args.precision}, matmul peak {peak:.3g} TFLOP/s)"
                 )
             )
             tables += [f"{k}: {v:.2f}" for k, v in result["comparisons"].items()]
+            for r in rows:
+                if r.get("profile"):
+                    tables.append(format_profile(r))
         if args.ablate is not None:
             rows = ablate(s, args.steps, args.warmup, peak, args.ablate)
             result["ablations"] = rows
@@ -654,13 +736,14 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def compare(rows: list[dict]) -> dict[str, float]:
-    """The issue's ratios: HiP-16 over the flat Perceiver, over the official JAX bf16 step."""
+def compare(rows: list[dict], device: torch.device) -> dict[str, float]:
+    """The issue's ratios: HiP-16 over the flat Perceiver (same run), and on a GPU over the
+    official JAX bf16 step measured on an H100 (issue 6's reference)."""
     ips = {r["workload"]: r.get("img_per_s") for r in rows if r.get("img_per_s")}
     out = {}
     if "hip16_full" in ips and "perceiver_io" in ips:
         out["hip16_full / perceiver_io (target >= 10)"] = ips["hip16_full"] / ips["perceiver_io"]
-    if "hip16_full" in ips:
+    if "hip16_full" in ips and device.type == "cuda":
         ref = REFERENCE_IMG_S["official_hip16_jax_bf16_full_b64"]
         out["hip16_full / official JAX bf16 H100 (target >= 2.5)"] = ips["hip16_full"] / ref
     return out

@@ -35,7 +35,7 @@ def test_flop_counts_of_the_real_workloads_match_the_reference_points(tmp_path):
 
 def test_every_workload_runs_and_reports(tmp_path):
     out = tmp_path / "perf.json"
-    result = perf.main([*TINY, "--warmup", "0", "--out", str(out)])
+    result = perf.main([*TINY, "--warmup", "0", "--profile", "--out", str(out)])
     assert json.loads(out.read_text())["results"] == json.loads(json.dumps(result["results"]))
     rows = {r["workload"]: r for r in result["results"]}
     assert set(rows) == set(perf.WORKLOADS)
@@ -43,13 +43,15 @@ def test_every_workload_runs_and_reports(tmp_path):
         assert "error" not in r, (name, r.get("error"))
         assert r["img_per_s"] > 0 and r["gflop_per_img"] > 0 and r["mfu"] > 0
         assert r["min_s"] <= r["median_s"] <= r["max_s"]
+        shares = [p["share"] for p in r["profile"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
     assert result["peak_tflops"]["value"] > 0
     assert any("perceiver_io" in k for k in result["comparisons"])
     assert "transformers" in rows["perceiver_io"]["impl"]
 
 
 def test_ablations_and_scaling_run_and_write_a_plot(tmp_path):
-    variants = "foreach-adamw,mae-embed-all"
+    variants = "foreach-adamw,sdpa-math,mae-embed-all"
     plot = tmp_path / "scaling.png"
     result = perf.main(
         [
@@ -67,7 +69,7 @@ def test_ablations_and_scaling_run_and_write_a_plot(tmp_path):
         ]
     )
     seen = {(r["variant"], r["workload"]) for r in result["ablations"] if "error" not in r}
-    assert ("foreach-adamw", "hip16_full") in seen
+    assert ("foreach-adamw", "hip16_full") in seen and ("sdpa-math", "hip16_mae") in seen
     assert ("mae-embed-all", "hip16_mae") in seen
     assert ("mae-embed-all", "hip16_full") not in seen  # MAE-only variant
     sc = result["scaling"]
