@@ -20,7 +20,7 @@ TINY = ["--tiny", "--device", "cpu", "--side", "32", "--batch-size", "2", "--ste
 
 def test_flop_counts_of_the_real_workloads_match_the_reference_points(tmp_path):
     out = tmp_path / "flops.json"
-    workloads = "hip16_full,hip16_mae,hip256_mae,vit_b16,mae_vit_b16"
+    workloads = "hip16_full,hip256_mae,vit_b16,mae_vit_b16"
     perf.main(["--flops-only", "--device", "cpu", "--workloads", workloads, "--out", str(out)])
     gflop = {r["workload"]: r["gflop_per_img"] for r in json.loads(out.read_text())["flops"]}
     # issue 6's table (H100, 2026-11-25): ~168 HiP-16 full input, ~148 HiP-256, ~106 ViT-B/16,
@@ -29,8 +29,6 @@ def test_flop_counts_of_the_real_workloads_match_the_reference_points(tmp_path):
     assert gflop["hip256_mae"] == pytest.approx(148, rel=0.01)
     assert gflop["vit_b16"] == pytest.approx(106, rel=0.01)
     assert gflop["mae_vit_b16"] == pytest.approx(59, rel=0.01)
-    # the MAE encoder sees 15% of the pixels, but the latent blocks dominate HiP's cost
-    assert 0.9 * gflop["hip16_full"] < gflop["hip16_mae"] < gflop["hip16_full"]
 
 
 def test_every_workload_runs_and_reports(tmp_path):

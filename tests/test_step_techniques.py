@@ -118,13 +118,12 @@ def test_bf16_autocast_loss_curve_tracks_fp32(tmp_path, digits):  # noqa: F811
         cfg = make_cfg(
             tmp_path / precision,
             f"run.precision={precision}",
-            "optim.total_steps=30",
-            "data.batch_size=16",
+            "optim.total_steps=20",
         )
         runs[precision] = [r["loss"] for r in loop.train(cfg, digits).history]
     fp32, bf16 = runs["fp32"], runs["bf16"]
-    assert len(fp32) == len(bf16) == 30
+    assert len(fp32) == len(bf16) == 20
     assert fp32[-1] < 0.8 * fp32[0] and bf16[-1] < 0.8 * bf16[0]  # both learn
     rel = [abs(a - b) / a for a, b in zip(fp32, bf16)]
-    assert max(rel) < 0.05, rel  # bf16 stays within 5% of fp32 at every step
+    assert max(rel) < 0.02, rel  # bf16 stays within 2% of fp32 at every step (seen: 0.15%)
     assert bf16 != fp32  # and it really ran in bf16
