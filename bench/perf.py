@@ -637,8 +637,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error("--scaling needs at least two image sides of 16 pixels or more")
     if min(args.batch_size, args.steps, args.side) < 1 or args.warmup < 0:
         p.error("--batch-size, --steps and --side must be positive, --warmup >= 0")
-    if args.device.startswith("cuda") and not cuda:
-        p.error(f"--device {args.device}: no CUDA device is visible")
+    if args.device.startswith("cuda"):
+        want = torch.device(args.device).index or 0
+        seen = torch.cuda.device_count() if cuda else 0
+        if want >= seen:
+            p.error(f"--device {args.device}: no such CUDA device ({seen} visible)")
     return args
 
 
