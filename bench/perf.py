@@ -160,19 +160,18 @@ def build_peer(name: str, s: Settings, batch: int) -> tuple[nn.Module, Callable,
             size = "vit_tiny_patch16_224" if tiny else "vit_base_patch16_224"
             model = timm.create_model(size, pretrained=False, img_size=side, num_classes=1000)
             impl = f"timm {timm.__version__} {size}"
-            logits = model
+            hf = False
         except ImportError:
             cfg = tf.ViTConfig(
                 image_size=side, patch_size=16, num_labels=1000, **(small if tiny else {})
             )
             model = tf.ViTForImageClassification(cfg)
             impl = f"transformers {tf.__version__} ViTForImageClassification (timm not installed)"
+            hf = True
 
-            def logits(x: torch.Tensor, m: nn.Module = model) -> torch.Tensor:
-                return m(pixel_values=x).logits
-
-        def loss(m: nn.Module) -> torch.Tensor:
-            return F.cross_entropy(logits(x).float(), y)
+        def loss(m: nn.Module) -> torch.Tensor:  # m: the model as called (maybe compiled)
+            logits = m(pixel_values=x).logits if hf else m(x)
+            return F.cross_entropy(logits.float(), y)
 
     elif name == "mae_vit_b16":
         extra = {}
