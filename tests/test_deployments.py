@@ -168,7 +168,14 @@ def test_worker_killed_mid_run_then_rerun_resumes_from_the_last_checkpoint(deplo
     # Nobody reports a dead host: mark the orphaned run Crashed (what a zombie-run
     # automation or an operator does) so the deployment's concurrency slot frees up.
     _api(f"{api}/flow_runs/{killed['id']}/set_state", {"state": {"type": "CRASHED"}, "force": True})
-    time.sleep(2)  # the training child gets SIGTERM when its parent dies (PDEATHSIG)
+    # The training child gets SIGTERM when its parent dies (PDEATHSIG) and may still write a
+    # checkpoint while it stops: wait until the folder is quiet, however slow the machine.
+    seen, quiet_since = None, time.monotonic()
+    while time.monotonic() - quiet_since < 3 and time.monotonic() < deadline + 120:
+        now = sorted(p.name for p in checkpoints.glob("step-*.pt"))
+        if now != seen:
+            seen, quiet_since = now, time.monotonic()
+        time.sleep(0.5)
     saved = max(int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.pt"))
 
     # The rerun: shorten the run so the test stays quick; resume=auto picks up the checkpoint.
