@@ -79,6 +79,7 @@ class MAE(nn.Module):
         tokens, so the full-size `[B, G, L, E]` embedding is never built (the same numbers as
         `gather_groups(model.group_inputs(inputs), mask.keep)`: the embedding is per token).
         """
+        inputs = self.model.check_inputs(inputs)  # shapes only: no device work
         pos = self.model.positions()
         parts = []
         for m in self.model.plan.modalities:
