@@ -346,24 +346,20 @@ def infinite(
     pin_memory: bool = False,
 ) -> Iterable[tuple[int, int, dict[str, Any]]]:
     """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position."""
+    # What stays the same from epoch to epoch; only the epoch and the skip change.
+    fixed = dict(
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        limit=limit,
+        pin_memory=pin_memory,
+    )
     epoch, skip = start_epoch, start_batch
     while True:
         got = 0
         for i, batch in enumerate(
-            source.batches(
-                split,
-                batch_size,
-                True,
-                epoch,
-                seed,
-                rank,
-                world_size,
-                num_workers,
-                skip,
-                limit,
-                pin_memory,
-            ),
-            start=skip,
+            source.batches(split, batch_size, True, epoch=epoch, skip=skip, **fixed), start=skip
         ):
             got += 1
             yield epoch, i, batch
