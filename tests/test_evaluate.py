@@ -48,6 +48,79 @@ def test_iou_with_ignore_index():
     assert mean_iou(cm) == pytest.approx((0.5 + 2 / 3) / 2)
 
 
+def test_topk_counts_top1_and_top5_by_hand():
+    logits = torch.tensor(
+        [
+            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # label 6: rank 1
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 4: rank 5
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0],  # label 5: rank 6
+            [0.0, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5],  # label 1: rank 1
+            [0.0, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5],  # label 9: not a class, never a hit
+        ]
+    )
+    labels = torch.tensor([6, 4, 5, 1, 9])
+    # top-1: samples 0 and 3 -> 2; top-5 adds sample 1 (rank 5) -> 3; top-8 > 7 classes: left out
+    assert topk_correct(logits, labels, (1, 5, 8)) == {1: 2, 5: 3}
+
+
+def test_topk_tie_for_the_top_goes_to_the_lowest_class():
+    # all 10 logits equal: argmax picks class 0, so only the two samples labelled 0 are top-1 hits
+    # (torch.topk alone picks an unspecified one of the tied classes: class 8 on this CPU build)
+    assert topk_correct(torch.zeros(4, 10), torch.tensor([0, 1, 8, 0]), (1,)) == {1: 2}
+
+
+def test_average_precision_of_a_known_ranking():
+    # positives at ranks 1 and 3: precisions 1/1 and 2/3 -> AP = (1/1 + 2/3) / 2
+    ap = average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]))
+    assert ap == pytest.approx((1 / 1 + 2 / 3) / 2)
+    # one positive at rank 4: precision 1/4
+    assert average_precision(
+        np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 0, 1])
+    ) == pytest.approx(1 / 4)
+    # soft targets count as positive above 0.5: positive at rank 2 -> AP = 1/2
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([0.4, 0.6, 0.0])) == pytest.approx(
+        1 / 2
+    )
+
+
+def test_average_precision_ranks_tied_scores_in_input_order():
+    tied = np.array([0.5, 0.5, 0.5])
+    # positives at ranks 2 and 3: (1/2 + 2/3) / 2 (torchmetrics/sklearn tie grouping would give 2/3)
+    assert average_precision(tied, np.array([0, 1, 1])) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # positives at ranks 1 and 2: (1/1 + 2/2) / 2 = 1
+    assert average_precision(tied, np.array([1, 1, 0])) == pytest.approx(1.0)
+
+
+def test_map_skips_a_class_without_positives():
+    scores = np.array([[0.9, 0.3, 0.5], [0.2, 0.8, 0.4], [0.1, 0.4, 0.6]])
+    targets = np.array([[1, 0, 0], [0, 0, 0], [0, 1, 0]])
+    m, aps = mean_average_precision(scores, targets)
+    # class 0: positive at rank 1 -> 1; class 1: positive at rank 2 -> 1/2; class 2: no positive
+    assert aps[:2].tolist() == pytest.approx([1.0, 1 / 2]) and math.isnan(aps[2])
+    assert m == pytest.approx((1.0 + 1 / 2) / 2)  # not (1 + 1/2 + 0) / 3
+    m_none, aps_none = mean_average_precision(scores, np.zeros_like(targets))
+    assert math.isnan(m_none) and np.isnan(aps_none).all()
+
+
+def test_confusion_matrix_ignores_255_targets():
+    target = torch.tensor([[0, 1, 2], [2, 255, 1]])
+    pred = torch.tensor([[0, 2, 2], [1, 0, 1]])
+    cm = confusion_matrix(pred, target, 3)
+    # (truth, pred) pairs: (0,0) (1,2) (2,2) (2,1) (1,1); the 255 pixel is not counted
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 1], [0, 1, 1]]
+    assert cm.dtype == torch.int64 and int(cm.sum()) == 5
+
+
+def test_iou_per_class_and_miou_with_a_class_absent_from_both():
+    cm = torch.tensor([[3, 1, 0, 1], [2, 4, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    iou = iou_per_class(cm)
+    # IoU = tp / (row + col - tp): class 0: 3/(5+5-3); class 1: 4/(6+5-4); class 2: absent from
+    # truth and prediction -> NaN; class 3: predicted once, never true -> 0/(0+1-0) = 0
+    assert iou[[0, 1, 3]].tolist() == pytest.approx([3 / 7, 4 / 7, 0.0]) and math.isnan(iou[2])
+    assert mean_iou(cm) == pytest.approx((3 / 7 + 4 / 7 + 0.0) / 3)  # NaN class left out
+    assert math.isnan(mean_iou(torch.zeros(2, 2, dtype=torch.long)))
+
+
 def test_report_files(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((2, 64, 1)).astype(np.float32)
