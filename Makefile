@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
+# The demo keeps its Prefect home (ephemeral API database, result cache) in outputs/, so
+# `make clean` (or `rm -rf outputs`) leaves nothing behind that a later run could trust.
+demo: export PREFECT_HOME ?= $(CURDIR)/outputs/prefect-home
 demo: setup
 	$(PY) -m flows
 

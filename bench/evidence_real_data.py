@@ -157,7 +157,7 @@ def majority_baseline(manifest: str) -> dict[str, float]:
     """mIoU / pixel accuracy on the test split of predicting the train split's majority class."""
     import torch
 
-    from hip.evaluate.metrics import confusion_matrix, mean_iou
+    from hip.task.metrics import confusion_matrix, mean_iou
 
     counts = torch.zeros(2, dtype=torch.long)
     for batch in hd.loader(manifest, "train", 8, train=False):

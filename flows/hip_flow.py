@@ -14,9 +14,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.config import PipelineConfig, load_pipeline, tracking_uri
+from hip import checkpoint as ckpt
 from hip import storage
 from hip.errors import UserError
-from hip.train import checkpoint as ckpt
 from tasks.data import shard_dataset
 from tasks.evaluation import evaluate_checkpoint
 from tasks.registry import champion_of, promote_if_better
@@ -35,6 +35,11 @@ def _tracking_overrides(p: PipelineConfig, parent: str | None) -> list[str]:
     if parent:
         out.append(f"tracking.parent_run_id={parent}")
     return out
+
+
+def _open_parent(p: PipelineConfig, name: str) -> str:
+    """The pipeline's MLflow parent run: reopened when an interrupted run of it is continued."""
+    return start_parent_run(tracking_uri(p), p.experiment, name, _work(p))
 
 
 def _manifest(p: PipelineConfig, dataset: str) -> str:
@@ -176,7 +181,7 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
 def pipeline_flow(p: PipelineConfig) -> dict[str, Any]:
     """shard -> pretrain -> finetune per benchmark -> evaluate -> report, under one MLflow parent run."""
     log = get_run_logger()
-    parent = start_parent_run(tracking_uri(p), p.experiment, f"pipeline-{p.name}")
+    parent = _open_parent(p, f"pipeline-{p.name}")
     status = "FAILED"
     try:
         shards = shard_flow(p)
@@ -233,7 +238,7 @@ def retrain_flow(p: PipelineConfig) -> dict[str, Any]:
                 }
                 continue
             if parent is None:
-                parent = start_parent_run(uri, p.experiment, f"retrain-{p.name}")
+                parent = _open_parent(p, f"retrain-{p.name}")
             pretrained = ckpt.latest(_work(p, "runs", "pretrain", "checkpoints"))
             if pretrained is None:
                 log.info("no pretraining checkpoint yet: pretraining first")
@@ -276,7 +281,7 @@ def hip(
     if stage == "retrain":
         return retrain_flow(p)
     shard_flow(p)  # cached: a no-op when the inputs did not change
-    parent = start_parent_run(tracking_uri(p), p.experiment, f"{stage}-{p.name}")
+    parent = _open_parent(p, f"{stage}-{p.name}")
     status = "FAILED"
     try:
         result = {"pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}[

@@ -41,7 +41,7 @@ class DataSection:
     manifest: str | None = None  # path or URI of a hip.data manifest.json (or its folder)
     source: str | None = None  # built-in in-memory source when no manifest: mnist5k, digits, ...
     split: str = "train"
-    eval_split: str = "test"
+    eval_split: str | None = "test"  # evaluated after training; null: no final evaluation
     batch_size: int = 8  # per process (rank); the global batch is batch_size x world x accum
     eval_batch_size: int | None = None
     num_workers: int = 0

@@ -263,6 +263,43 @@ def exists(uri: str | os.PathLike, config: S3Config | None = None) -> bool:
         raise _s3_error(exc, uri, config) from None
 
 
+def size(uri: str | os.PathLike, config: S3Config | None = None) -> int | None:
+    """Size in bytes of a local file or S3 object; None if it does not exist."""
+    uri = str(uri)
+    if not is_s3(uri):
+        try:
+            return Path(uri).stat().st_size
+        except FileNotFoundError:
+            return None
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        return int(s3_client(config).head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in {"404", "NoSuchKey", "NotFound"}:
+            return None
+        raise _s3_error(exc, uri, config) from None
+
+
+def list_names(folder: str | os.PathLike, config: S3Config | None = None) -> list[str]:
+    """Names of the files directly in a local folder or under an s3:// prefix (all pages)."""
+    folder = str(folder)
+    if not is_s3(folder):
+        p = Path(folder)
+        return sorted(c.name for c in p.iterdir() if c.is_file()) if p.is_dir() else []
+    bucket, prefix = split_s3(folder)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    pages = (
+        s3_client(config)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+    )
+    with _wrap(folder, config):
+        return sorted(o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", []))
+
+
 def delete(uri: str | os.PathLike, config: S3Config | None = None) -> None:
     """Delete a local file or S3 object if it exists."""
     uri = str(uri)

@@ -176,6 +176,109 @@ def redacted_params(config: dict[str, Any]) -> dict[str, str]:
     return {k: scrub(str(v))[:6000] for k, v in flatten(config).items()}
 
 
+RUN_RECORD = "mlflow-run.json"  # in a run folder: which MLflow run it logs into
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of process `pid` (guards against a reused pid); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run, so a later look can tell if it died."""
+    import socket
+
+    tags = {"hip.host": socket.gethostname(), "hip.pid": str(os.getpid())}
+    started = _process_start(os.getpid())
+    if started:
+        tags["hip.pid_start"] = started
+    return tags
+
+
+def _owner_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process a run's tags name is alive; None when it ran on another host."""
+    import socket
+
+    if tags.get("hip.host") != socket.gethostname() or not tags.get("hip.pid", "").isdigit():
+        return None
+    pid = int(tags["hip.pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    want = tags.get("hip.pid_start")
+    return want is None or _process_start(pid) in (None, want)
+
+
+def close_dead_runs(client: Any, experiment_ids: list[str] | None = None) -> list[str]:
+    """Mark KILLED every RUNNING run whose owning process on this host is gone; returns ids.
+
+    A run left RUNNING by a killed process would otherwise stay RUNNING for ever. A run that
+    is later resumed (same run folder) is reopened and marked RUNNING again. Runs owned by
+    another host are left alone: their processes cannot be checked from here.
+    """
+    from mlflow.entities import ViewType
+
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments(ViewType.ACTIVE_ONLY)]
+    closed = []
+    for i in range(0, len(experiment_ids), 50):
+        runs = client.search_runs(
+            experiment_ids[i : i + 50],
+            filter_string="attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
+        for run in runs:
+            if _owner_alive(run.data.tags) is False:
+                client.set_tag(run.info.run_id, "hip.closed", "its process died")
+                client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+    return closed
+
+
+def _read_record(path: Path, uri: str) -> str | None:
+    """The run id recorded in the file `path` for tracking URI `uri`, if any."""
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("tracking_uri") != scrub(uri) or not record.get("run_id"):
+        return None
+    return str(record["run_id"])
+
+
+def _write_record(path: Path, uri: str, run_id: str) -> None:
+    import json
+
+    from hip.storage import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"tracking_uri": scrub(uri), "run_id": run_id}) + "\n")
+
+
+def _reusable(client: Any, run_id: str | None) -> Any:
+    """The run `run_id` if it exists, is not deleted and no live process owns it; else None."""
+    if not run_id:
+        return None
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # gone with its database, or never existed
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    if run.info.status == "RUNNING" and _owner_alive(run.data.tags) is not False:
+        return None  # someone is still logging into it (or we cannot tell): leave it alone
+    return run
+
+
 class NullRun:
     """Tracking disabled or not rank 0: every call does nothing."""
 
@@ -209,8 +312,11 @@ class NullRun:
 class StageRun(NullRun):
     """One MLflow run (a stage, child of the pipeline's parent run when there is one)."""
 
-    def __init__(self, cfg: DictConfig, stage: str, source: Any = None):
+    def __init__(
+        self, cfg: DictConfig, stage: str, source: Any = None, run_dir: Path | None = None
+    ):
         import mlflow
+        from mlflow.entities import RunTag
 
         self.cfg = cfg
         self.uri = tracking_uri(cfg)
@@ -238,14 +344,35 @@ class StageRun(NullRun):
         system = (
             bool(cfg.tracking.system_metrics) and importlib.util.find_spec("psutil") is not None
         )
-        self.active = mlflow.start_run(
-            nested=mlflow.active_run() is not None,  # e.g. inside a caller's (parent) run
-            experiment_id=exp_id,
-            run_name=cfg.tracking.run_name or f"{stage}-{cfg.run.name}",
-            tags=tags,
-            log_system_metrics=system,
-        )
+        # A run folder that resumes logs into the run it started (reopened as RUNNING), not a
+        # new one beside an orphan: its id is recorded in the folder.
+        previous = None
+        if run_dir is not None:
+            with _quick_http():
+                previous = _reusable(self.client, _read_record(run_dir / RUN_RECORD, self.uri))
+        self.resumed = previous is not None
+        if previous is not None:
+            self.active = mlflow.start_run(
+                run_id=previous.info.run_id,
+                nested=mlflow.active_run() is not None,
+                log_system_metrics=system,
+            )
+            self.client.log_batch(
+                self.active.info.run_id,
+                tags=[RunTag(k, v) for k, v in {**tags, **owner_tags()}.items()],
+                synchronous=True,
+            )
+        else:
+            self.active = mlflow.start_run(
+                nested=mlflow.active_run() is not None,  # e.g. inside a caller's (parent) run
+                experiment_id=exp_id,
+                run_name=cfg.tracking.run_name or f"{stage}-{cfg.run.name}",
+                tags={**tags, **owner_tags()},
+                log_system_metrics=system,
+            )
         self.run_id = self.active.info.run_id
+        if run_dir is not None:
+            _write_record(run_dir / RUN_RECORD, self.uri, self.run_id)
         self._metrics: deque[Any] = deque()
         self._tags: dict[str, str] = {}
         self._deferred: list[tuple[str, Callable[[], None]]] = []  # artifacts, registry
@@ -334,7 +461,18 @@ class StageRun(NullRun):
         import mlflow
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in redacted_params(params).items()]
+        values = redacted_params(params)
+        if self.resumed:  # MLflow refuses to change a logged param: log only the new ones
+            logged = self.client.get_run(self.run_id).data.params
+            changed = sorted(k for k, v in values.items() if k in logged and logged[k] != v)
+            if changed:
+                warnings.warn(
+                    f"resumed MLflow run {self.run_id}: params {', '.join(changed[:8])} differ "
+                    "from the first start's and keep their first values",
+                    stacklevel=2,
+                )
+            values = {k: v for k, v in values.items() if k not in logged}
+        items = [Param(k, v) for k, v in values.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
         del mlflow
@@ -468,15 +606,32 @@ class StageRun(NullRun):
             _restore_env("MLFLOW_TRACKING_URI", self._env_before)
 
 
-def start_stage(cfg: DictConfig, stage: str, is_main: bool = True, source: Any = None) -> NullRun:
-    """A stage run on rank 0 when tracking is enabled, else a no-op."""
+def start_stage(
+    cfg: DictConfig,
+    stage: str,
+    is_main: bool = True,
+    source: Any = None,
+    run_dir: Path | None = None,
+) -> NullRun:
+    """A stage run on rank 0 when tracking is enabled, else a no-op.
+
+    With `run_dir`, the run's id is recorded there and a later start in the same folder
+    (a resumed training) reopens that run instead of opening a new one.
+    """
     if not (is_main and cfg.tracking.enabled):
         return NullRun()
-    return StageRun(cfg, stage, source)
+    return StageRun(cfg, stage, source, run_dir)
 
 
-def start_pipeline_run(cfg: DictConfig, name: str = "pipeline") -> str:
-    """Create (and leave open) a parent run for a pipeline; returns its id for the stages."""
+def start_pipeline_run(
+    cfg: DictConfig, name: str = "pipeline", record: str | Path | None = None
+) -> str:
+    """Open a parent run for a pipeline (left open for the stages); returns its id.
+
+    With `record` (a JSON file in the pipeline's local work folder) the run id is kept: a
+    re-run after an interruption or failure reopens that parent (marked RUNNING again), so
+    resumed stages stay under it. Runs on this host whose process died are closed as KILLED.
+    """
     import mlflow
 
     uri = tracking_uri(cfg)
@@ -484,9 +639,23 @@ def start_pipeline_run(cfg: DictConfig, name: str = "pipeline") -> str:
         check_reachable(uri)
         client = mlflow.MlflowClient(uri)
         exp_id = _experiment_id(client, str(cfg.tracking.experiment), artifact_location(cfg, uri))
-    run = client.create_run(exp_id, run_name=name, tags={"hip.stage": "pipeline"})
-    client.log_batch(run.info.run_id, params=[], synchronous=True)
-    return run.info.run_id
+        close_dead_runs(client)
+        path = Path(record) if record is not None else None
+        previous = _reusable(client, _read_record(path, uri)) if path else None
+    if previous is not None and previous.info.status != "FINISHED":
+        run_id = previous.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        for k, v in owner_tags().items():
+            client.set_tag(run_id, k, v)
+        client.set_tag(
+            run_id, "hip.reopened", str(int(previous.data.tags.get("hip.reopened", 0)) + 1)
+        )
+    else:
+        tags = {"hip.stage": "pipeline", **owner_tags()}
+        run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    if path is not None:
+        _write_record(path, uri, run_id)
+    return run_id
 
 
 def end_pipeline_run(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> None:
@@ -507,6 +676,10 @@ def search(
         check_reachable(uri)
         mlflow.set_tracking_uri(uri)
         names = experiments or [str(cfg.tracking.experiment)]
+        client = mlflow.MlflowClient(uri)
+        ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n))]
+        if ids:  # never show a run as RUNNING whose process is dead
+            close_dead_runs(client, ids)
         filt = f"tags.`hip.benchmark` = '{benchmark}'" if benchmark else ""
         return mlflow.search_runs(
             experiment_names=names, filter_string=filt, order_by=["attributes.start_time DESC"]

@@ -42,15 +42,25 @@ def input_fingerprint(source: str, input: str | None, split: str, options: dict[
 
 
 def _cache_key(context: Any, params: dict[str, Any]) -> str:
-    # A cache hit is only valid while the shards it produced are still there: if the
-    # manifest is gone, return a fresh key so the task runs (and hip.data resumes).
-    manifest = storage.join(params["output"], "manifest.json")
-    if not storage.exists(manifest):
+    """The result cache key of one split's sharding, or a fresh key when the cache can't hold.
+
+    A cached result is only valid while what it produced is still there and intact: this
+    split in the manifest (another split's run may have rewritten the manifest without it),
+    every shard it lists present with the listed size, and the same inputs. The key covers
+    the input fingerprint and the split's own manifest entry (its fingerprint and shards), so
+    any change to either misses the cache and the task runs (hip.data resumes or no-ops).
+    """
+    info = hdata.intact_split(params["output"], params["split"])
+    if info is None:
         return f"missing-{uuid.uuid4()}"
     fp = input_fingerprint(
         params["source"], params.get("input"), params["split"], params.get("options") or {}
     )
-    return f"shard-{fp}-{hashlib.sha256(params['output'].encode()).hexdigest()[:12]}"
+    written = json.dumps(
+        [info.get("fingerprint"), [(s["name"], s["bytes"], s["sha256"]) for s in info["shards"]]]
+    )
+    parts = [params["output"], params["split"], written]
+    return f"shard-{fp}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]}"
 
 
 @task(

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from hip.train import checkpoint as ckpt
+from hip import checkpoint as ckpt
 from hip.train.launch import launch, resolve_nproc, training_command
 
 

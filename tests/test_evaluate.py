@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hip.evaluate import EvalResult
-from hip.evaluate.metrics import (
+from hip.evaluate.report import image_shape, write_report
+from hip.task.metrics import (
     average_precision,
     confusion_matrix,
     iou_per_class,
@@ -18,7 +19,6 @@ from hip.evaluate.metrics import (
     mean_iou,
     topk_correct,
 )
-from hip.evaluate.report import image_shape, write_report
 
 
 def test_topk():
@@ -83,12 +83,11 @@ def test_average_precision_of_a_known_ranking():
     )
 
 
-def test_average_precision_ranks_tied_scores_in_input_order():
+def test_average_precision_counts_tied_scores_as_one_threshold():
     tied = np.array([0.5, 0.5, 0.5])
-    # positives at ranks 2 and 3: (1/2 + 2/3) / 2 (torchmetrics/sklearn tie grouping would give 2/3)
-    assert average_precision(tied, np.array([0, 1, 1])) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    # positives at ranks 1 and 2: (1/1 + 2/2) / 2 = 1
-    assert average_precision(tied, np.array([1, 1, 0])) == pytest.approx(1.0)
+    # one threshold holding all three, 2 of them positive: precision 2/3 at recall 1 (as sklearn)
+    assert average_precision(tied, np.array([0, 1, 1])) == pytest.approx(2 / 3)
+    assert average_precision(tied, np.array([1, 1, 0])) == pytest.approx(2 / 3)  # order-free
 
 
 def test_map_skips_a_class_without_positives():

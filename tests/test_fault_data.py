@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import hip.data as hd
+from hip import checkpoint as ckpt
 from hip.cli import main
 from hip.config import load_config
 from hip.evaluate.run import config_for_checkpoint, evaluate
-from hip.train import checkpoint as ckpt
 from hip.train import loop
 from hip.train.metrics import read_metrics
 from tests.test_fault_numerics import RecordingRun

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import hip.cli
+from hip import checkpoint as ckpt
 from hip.errors import UserError
 from hip.tracking import NullRun
-from hip.train import checkpoint as ckpt
 from hip.train import loop
 from hip.train.metrics import read_metrics
 from tests.test_fault_training import one_thread  # noqa: F401 - autouse fixture

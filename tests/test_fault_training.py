@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hip import checkpoint as ckpt
 from hip.config import load_config
 from hip.errors import UserError
-from hip.train import checkpoint as ckpt
 from hip.train import loop
 from hip.train.metrics import read_metrics
 

@@ -216,3 +216,52 @@ def test_secrets_are_redacted():
     }
     cfg = load_config("pretrain")
     assert "***" not in tracking.config_params(cfg).values()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_runs_whose_process_died_are_closed_as_killed_and_compare_never_shows_them_running(
+    tmp_path, capsys
+):
+    cfg = pretrain_cfg(tmp_path / "runs" / "pre")
+    uri = tracking.tracking_uri(cfg)
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("hip-pretrain")
+    dead = client.create_run(
+        exp, run_name="killed", tags={**tracking.owner_tags(), "hip.pid": str(_dead_pid())}
+    )
+    alive = client.create_run(exp, run_name="alive", tags=tracking.owner_tags())
+    elsewhere = client.create_run(
+        exp, run_name="other-host", tags={"hip.host": "another-host", "hip.pid": "1"}
+    )
+    assert hip.cli.main(["compare", f"tracking.uri={uri}", "run.out=" + str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if "killed" in line and "KILLED" in line]
+    status = {r: client.get_run(r.info.run_id).info.status for r in (dead, alive, elsewhere)}
+    assert status[dead] == "KILLED"
+    assert status[alive] == "RUNNING"  # this process owns it
+    assert status[elsewhere] == "RUNNING"  # another host's process cannot be checked here
+
+
+def test_a_resumed_training_reopens_its_own_mlflow_run(tmp_path):
+    out = tmp_path / "runs" / "pre"
+    first = loop.train(pretrain_cfg(out, "run.stop_at_step=2", "optim.total_steps=4"))
+    uri = tracking.tracking_uri(pretrain_cfg(out))
+    client = mlflow.MlflowClient(uri)
+    client.set_terminated(first.run_id, "FAILED")  # as a crash would leave it
+    # The second start changes a logged param (run.stop_at_step): it keeps its first value.
+    second = loop.train(pretrain_cfg(out, "optim.total_steps=4"))
+    assert second.run_id == first.run_id and second.step == 4
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["run.stop_at_step"] == "2"
+    steps = sorted(m.step for m in client.get_metric_history(first.run_id, "loss"))
+    assert steps[0] == 1 and steps[-1] == 4
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    # Never resumed: a fresh start (run.resume=never) opens a new run.
+    third = loop.train(pretrain_cfg(out, "optim.total_steps=4", "run.resume=never"))
+    assert third.run_id != first.run_id

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import hip.cli
+from hip import checkpoint as ckpt
 from hip.config import load_config
 from hip.errors import UserError
-from hip.train import checkpoint as ckpt
 from hip.train import loop
 from hip.train.data import builtin_source
 from hip.train.optim import lr_factor, peak_lr

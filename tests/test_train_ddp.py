@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 
-from hip.train import checkpoint as ckpt
+from hip import checkpoint as ckpt
 from hip.train.metrics import read_metrics
 
 STEPS = 4

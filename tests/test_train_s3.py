@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from hip import checkpoint as ckpt
 from hip.config import load_config
-from hip.train import checkpoint as ckpt
 from hip.train import loop
 
 pytestmark = pytest.mark.slow  # starts a server (~3 s)

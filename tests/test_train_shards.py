@@ -5,8 +5,9 @@ from __future__ import annotations
 import mlflow
 import pytest
 
+from hip import checkpoint as ckpt
 from hip.config import load_config
-from hip.train import checkpoint as ckpt
+from hip.errors import UserError
 from hip.train import loop
 
 hd = pytest.importorskip("hip.data")
@@ -58,23 +59,20 @@ def test_pretrain_then_finetune_from_shards(tmp_path, shards):
     assert client.get_run(ft.run_id).data.tags["hip.data_fingerprint"] == meta["data_fingerprint"]
 
 
-def test_missing_eval_split_is_said_up_front_and_the_run_still_completes(tmp_path, capsys):
+def test_missing_eval_split_stops_before_training_and_null_skips_the_evaluation(tmp_path, capsys):
     only_train = tmp_path / "shards"
     hd.shard("mnist5k", None, only_train, "train", limit=4, max_count=64)
-    res = loop.train(
-        load_config(
-            "pretrain",
-            "tiny_mnist",
-            [
-                f"data.manifest={only_train}",
-                "data.batch_size=8",
-                "optim.total_steps=2",
-                "run.progress=false",
-                "tracking.enabled=false",
-                f"run.out={tmp_path / 'run'}",
-            ],
-        )
-    )
-    err = capsys.readouterr().err
-    assert "no split 'test'" in err and "final evaluation is skipped" in err
+    common = [
+        f"data.manifest={only_train}",
+        "data.batch_size=8",
+        "optim.total_steps=2",
+        "run.progress=false",
+        "tracking.enabled=false",
+        f"run.out={tmp_path / 'run'}",
+    ]
+    with pytest.raises(UserError, match="has no split 'test'") as err:
+        loop.train(load_config("pretrain", "tiny_mnist", common))
+    assert "data.eval_split=null" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any step
+    res = loop.train(load_config("pretrain", "tiny_mnist", [*common, "data.eval_split=null"]))
     assert res.step == 2 and res.checkpoint and res.eval_metrics == {}

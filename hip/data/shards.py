@@ -243,6 +243,28 @@ def _shard_ok(uri: str, sha: str, size: int, s3: storage.S3Config | None) -> boo
         return False
 
 
+def intact_split(
+    path: str | Path, split: str, s3: storage.S3Config | None = None
+) -> dict[str, Any] | None:
+    """The manifest's entry for `split` if every shard it lists exists with its listed size.
+
+    A cheap check (no reading of the shards, unlike :func:`verify`) for whether a split that
+    was written earlier is still there: None when the manifest, the split or a shard is
+    missing or a shard's size differs.
+    """
+    try:
+        manifest = read_manifest(path, s3)
+    except UserError:
+        return None
+    info = manifest["splits"].get(split)
+    if not info or not info.get("shards"):
+        return None
+    for s in info["shards"]:
+        if storage.size(storage.join(manifest["root"], s["name"]), s3) != s["bytes"]:
+            return None
+    return info
+
+
 def verify(
     path: str | Path, split: str | None = None, s3: storage.S3Config | None = None
 ) -> list[str]:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hip.evaluate import EvalResult  # noqa: E402
+from hip.task import EvalResult, get_task  # noqa: E402
 
 
 def image_shape(m: int, c: int) -> tuple[int, int] | None:
@@ -101,7 +101,7 @@ def plot_reconstructions(result: EvalResult, out: Path) -> Path | None:
 
 def plot_confusion(result: EvalResult, out: Path) -> Path | None:
     """Row-normalised confusion matrix (classification)."""
-    if result.confusion is None or result.task != "classification":
+    if result.confusion is None or "confusion" not in get_task(result.task).plots:
         return None
     cm = result.confusion.astype(np.float64)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)

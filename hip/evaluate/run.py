@@ -10,13 +10,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hip import checkpoint as ckpt
 from hip.config import from_dict, validate
+from hip.distributed import pick_device
 from hip.errors import UserError
 from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
-from hip.train import checkpoint as ckpt
 from hip.train.data import open_source
-from hip.train.distributed import pick_device
 from hip.train.metrics import read_metrics
 
 
@@ -106,6 +106,8 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     device = pick_device(str(cfg.run.device))
     model.to(device)
     source = open_source(cfg.data)
+    if not (cfg.eval.split or cfg.data.eval_split):
+        raise UserError("nothing to evaluate on: set eval.split (or data.eval_split) to a split")
     split = str(cfg.eval.split or cfg.data.eval_split)
     source = check_data(cfg, source, split)
     result = evaluate_model(

@@ -11,7 +11,7 @@ __all__ = ["TrainResult", "TrainingDiverged", "load_model", "train"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from hip.train.checkpoint import load_model
+        from hip.checkpoint import load_model
 
         return load_model
     if name in ("TrainResult", "TrainingDiverged", "train"):

@@ -17,10 +17,10 @@ import torch.distributed as tdist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hip import checkpoint as ckpt
+from hip import distributed as hdist
 from hip.config import to_dict
 from hip.errors import UserError
-from hip.train import checkpoint as ckpt
-from hip.train import distributed as hdist
 from hip.train import step as hstep
 from hip.train.data import DataSource, infinite, open_source
 from hip.train.metrics import MetricsLog, StepTimer, memory_mb
@@ -219,17 +219,24 @@ def _train(
     seed = int(cfg.run.seed)
     seed_all(seed + info.rank)
     source = source or open_source(cfg.data)
-    if info.is_main and source.num_samples(str(cfg.data.eval_split)) is None:
-        # Said before training, not discovered after it: the run itself is still valid.
-        print(
-            f"warning: the data has no split {str(cfg.data.eval_split)!r}; the final evaluation "
-            "is skipped (set data.eval_split to a split the data has)",
-            file=sys.stderr,
-            flush=True,
+    eval_split = cfg.data.eval_split
+    if eval_split is not None and source.num_samples(str(eval_split)) is None:
+        # Said before training, not discovered after it (or skipped without a word).
+        raise UserError(
+            f"data.eval_split={eval_split!r}: the data ({source.manifest_path or source.name}) "
+            f"has no split {str(eval_split)!r}; shard it, set data.eval_split to a split the "
+            "data has, or data.eval_split=null to skip the final evaluation"
         )
     own_tracker = tracker is None
     if own_tracker:  # first, so that an unreachable MLflow fails before any work
-        tracker = tracking.start_stage(cfg, _stage_of(cfg), is_main=info.is_main, source=source)
+        run_dir = Path(str(cfg.run.out)).expanduser().resolve()
+        tracker = tracking.start_stage(
+            cfg,
+            _stage_of(cfg),
+            is_main=info.is_main,
+            source=source,
+            run_dir=run_dir if str(cfg.run.resume) != "never" else None,
+        )
     try:
         result = _run(cfg, info, source, tracker, task, seed)
     except BaseException:
@@ -480,8 +487,7 @@ def _run(
         bar.close()
 
     eval_metrics: dict[str, Any] = {}
-    has_eval_split = source.num_samples(str(cfg.data.eval_split)) is not None
-    if info.is_main and step >= total and has_eval_split:
+    if info.is_main and step >= total and cfg.data.eval_split is not None:
         from hip.evaluate import evaluate_model
 
         eval_metrics = evaluate_model(

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hip.errors import UserError
-from hip.train import distributed as hdist
+from hip.task import get_task
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -67,21 +66,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def targets_of(batch: dict[str, Any], task: str) -> torch.Tensor:
-    """The label tensor a task trains on (per-position mask for segmentation)."""
-    if task == "segmentation":
-        if "mask" not in batch:
-            raise UserError("segmentation needs batches with a per-position 'mask'")
-        return batch["mask"].long()
-    if task == "multilabel":
-        return batch["label"].float()
-    return batch["label"].long()
+    """The tensor a task trains on (its task type says which)."""
+    return get_task(task).targets(batch)
 
 
 def compute_loss(
     model: nn.Module, batch: dict[str, Any], task: str, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """The training loss of one batch (MAE or task head)."""
-    if task == "mae":
-        return model(batch["inputs"], generator=generator).loss
-    logits = model(batch["inputs"])
-    return hdist.unwrap(model).loss(logits, targets_of(batch, task))
+    """The training loss of one batch, as the task type defines it."""
+    return get_task(task).loss(model, batch, generator)

@@ -7,9 +7,9 @@ refused. It holds the model, optimizer and scheduler states, the step, every RNG
 position, which is enough to resume exactly or to rebuild the model alone.
 
 Storage: local paths are written with :func:`hip.storage.atomic_write_bytes`; ``s3://``
-URIs go through ``hip.storage.write_bytes`` / ``read_bytes`` / ``delete`` (an S3 PUT is
-atomic: the object appears whole or not at all) and a boto3 listing (``run.checkpoint_dir``
-may be ``s3://bucket/prefix``). The seam is :func:`_write`, :func:`_read`, :func:`_list`.
+URIs go through ``hip.storage.write_bytes`` / ``read_bytes`` / ``list_names`` / ``delete``
+(an S3 PUT is atomic: the object appears whole or not at all; ``run.checkpoint_dir`` may be
+``s3://bucket/prefix``). Nothing here talks to S3 but through ``hip.storage``.
 
 Integrity: a checkpoint is a zip archive (``torch.save``) whose members carry CRC-32s;
 :func:`load` checks the archive's directory and every CRC before unpickling, so a truncated
@@ -64,15 +64,6 @@ def _is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
-def _need_remote(fn: str) -> Any:
-    f = getattr(storage, fn, None)
-    if f is None:
-        raise UserError(
-            f"remote checkpoint paths need hip.storage.{fn}, which is not available yet"
-        )
-    return f
-
-
 def _fault_hook(path: str, data: bytes) -> None:
     """Test-only: SIGKILL this process mid-write when HIP_FAULT_KILL_DURING_SAVE says so."""
     global _saves
@@ -97,48 +88,26 @@ def _fault_hook(path: str, data: bytes) -> None:
 
 def _write(path: str, data: bytes) -> None:
     _fault_hook(path, data)
-    if _is_remote(path):
-        _need_remote("write_bytes")(path, data)
-    else:
-        storage.atomic_write_bytes(path, data)
+    storage.write_bytes(path, data)  # local: temp file + rename; S3: a PUT is atomic
 
 
 def _read(path: str) -> bytes:
-    if _is_remote(path):
-        return _need_remote("read_bytes")(path)
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p}")
-    return p.read_bytes()
+    try:
+        return storage.read_bytes(path)
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"checkpoint not found: {path}") from None
 
 
 def _list(folder: str) -> list[str]:
-    if _is_remote(folder):
-        if hasattr(storage, "list_dir"):
-            return [str(n).rstrip("/").split("/")[-1] for n in storage.list_dir(folder)]
-        bucket, prefix = storage.split_s3(folder)
-        prefix = prefix.rstrip("/") + "/" if prefix else ""
-        pages = (
-            storage.s3_client()
-            .get_paginator("list_objects_v2")
-            .paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-        )
-        return [o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", [])]
-    p = Path(folder)
-    return [c.name for c in p.iterdir()] if p.is_dir() else []
+    return storage.list_names(folder)
 
 
 def _delete(path: str) -> None:
-    if _is_remote(path):
-        delete = getattr(storage, "delete", None)
-        if delete:
-            delete(path)
-    else:
-        Path(path).unlink(missing_ok=True)
+    storage.delete(path)
 
 
 def _join(folder: str, name: str) -> str:
-    return f"{str(folder).rstrip('/')}/{name}" if _is_remote(folder) else str(Path(folder) / name)
+    return storage.join(folder, name)
 
 
 # ---------------------------------------------------------------------------- RNG states
@@ -310,22 +279,9 @@ def load_resume(
 
 def build_model(meta: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the (untrained) module a checkpoint's `model_meta` describes."""
-    from hip.model import MAE, MAEConfig, create_model, create_task_model
+    from hip.task import get_task
 
-    mods = {k: tuple(v) for k, v in meta["modalities"].items()}
-    overrides = dict(meta.get("overrides") or {})
-    if meta["task"] == "mae":
-        mae_cfg = meta.get("mae") or {}
-        return MAE(
-            create_model(meta["preset"], mods, **overrides),
-            MAEConfig(
-                mask_ratio=float(mae_cfg.get("mask_ratio", 0.85)),
-                norm_targets=bool(mae_cfg.get("norm_targets", False)),
-            ),
-        )
-    return create_task_model(
-        meta["task"], meta["preset"], mods, int(meta["num_classes"]), **overrides
-    )
+    return get_task(meta["task"]).build_model(meta)
 
 
 def load_model(

@@ -12,6 +12,7 @@ from torchmetrics.functional.classification import (
     binary_average_precision,
     multiclass_confusion_matrix,
     multiclass_stat_scores,
+    multilabel_average_precision,
 )
 
 # No public torchmetrics function takes an already accumulated confusion matrix (ours is summed
@@ -47,31 +48,27 @@ def topk_correct(
     return out
 
 
-def _stable_ranks(scores: np.ndarray) -> torch.Tensor:
-    """Distinct scores in (0, 1] with the order of a stable descending sort of `scores`."""
-    order = np.argsort(-scores, kind="stable")
-    ranked = np.empty(len(scores), dtype=np.float64)
-    ranked[order] = np.arange(len(scores), 0, -1) / len(scores)
-    return torch.from_numpy(ranked)
-
-
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP of one class: mean precision at each positive's rank (NaN if no positives)."""
-    pos = targets > 0.5
-    if int(pos.sum()) == 0:  # torchmetrics would warn and return 0
-        return float("nan")
-    # torchmetrics treats tied scores as one threshold (like sklearn); ours ranks ties in input
-    # order (a stable sort). Feeding it distinct scores in that order gives exactly our AP: with
-    # one sample per threshold its step-wise AP is the mean precision at each positive's rank.
-    ap = binary_average_precision(_stable_ranks(scores), torch.from_numpy(pos).long())
-    return float(ap)
+    """AP of one class (tied scores are one threshold, as in sklearn); NaN if no positives."""
+    return float(mean_average_precision(scores[:, None], targets[:, None])[1][0])
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
     """mAP over classes (AudioSet's metric: unweighted mean of per-class AP over classes with positives)."""
-    # Not multilabel_average_precision(average="macro"): that averages a class without positives
-    # in as AP 0; AudioSet (and we) leave such classes out, so per-class AP is NaN for them.
-    aps = np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
+    pos = torch.from_numpy(np.asarray(targets) > 0.5)
+    has_pos = pos.any(0).numpy()
+    aps = np.full(pos.shape[1], np.nan)
+    if has_pos.any():
+        # Per class (average=None), then our own mean: torchmetrics' "macro" would count a class
+        # without positives as AP 0, where AudioSet (and we) leave it out (NaN).
+        keep = torch.from_numpy(has_pos)
+        x = torch.as_tensor(np.asarray(scores, dtype=np.float64))[:, keep]
+        y = pos[:, keep].long()
+        if x.shape[1] == 1:  # the multilabel call wants >= 2 labels
+            per_class = binary_average_precision(x[:, 0], y[:, 0])
+        else:
+            per_class = multilabel_average_precision(x, y, num_labels=x.shape[1], average=None)
+        aps[has_pos] = per_class.reshape(-1).double().numpy()
     valid = aps[~np.isnan(aps)]
     return (float(valid.mean()) if len(valid) else float("nan")), aps
 

@@ -1,0 +1,76 @@
+"""What every task type owns: its model, targets, loss, metrics, headline metric and plots.
+
+A task type is one class in one file of this package, registered by name
+(:func:`hip.task.register`). The trainer, the evaluator, the checkpoint loader and the
+pipeline ask the task object; none of them tests the task's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class EvalResult:
+    """Metrics (flat dict of floats) plus what the report draws."""
+
+    metrics: dict[str, float]
+    task: str
+    label_names: list[str] = field(default_factory=list)
+    confusion: np.ndarray | None = None  # [K, K] counts (classification, segmentation)
+    per_class: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. {"iou": [K]}
+    reconstructions: dict[str, np.ndarray] = field(default_factory=dict)  # [N, M, C] each
+    modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+class Task:
+    """A task type. Subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    stage: ClassVar[str] = "finetune"  # the training stage (and MLflow experiment) that trains it
+    headline: ClassVar[str]  # the metric a run is judged and promoted by
+    higher_is_better: ClassVar[bool] = True
+    plots: ClassVar[tuple[str, ...]] = ()  # report figures: confusion, per_class, reconstructions
+    needs_classes: ClassVar[bool] = True  # whether the model's head is sized by the label count
+
+    def build_model(self, meta: dict[str, Any]) -> nn.Module:
+        """The untrained module a checkpoint's `model_meta` describes."""
+        raise NotImplementedError
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The tensor the loss compares the model's output with."""
+        raise NotImplementedError
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The training loss of one batch (`model` may be wrapped by DDP/FSDP/compile)."""
+        raise NotImplementedError
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        batches: Callable[[], Iterable[dict[str, Any]]],
+        device: torch.device,
+        label_names: list[str],
+        modalities: dict[str, tuple[int, int]],
+        seed: int = 0,
+        num_reconstructions: int = 8,
+    ) -> EvalResult:
+        """Metrics of `model` (in eval mode) over the split; `batches()` yields it anew per pass."""
+        raise NotImplementedError
+
+    def better(self, new: float, old: float) -> bool:
+        """Whether headline value `new` beats `old`."""
+        return new > old if self.higher_is_better else new < old
+
+
+def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Float32 copies of a batch's input modalities on `device`."""
+    return {k: v.to(device).float() for k, v in inputs.items()}

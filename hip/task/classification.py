@@ -1,0 +1,41 @@
+"""Classification: one label per sample; scored by top-1 (and top-5) accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hip.task.base import EvalResult
+from hip.task.metrics import confusion_matrix, topk_correct
+from hip.task.supervised import HeadTask
+
+MAX_CONFUSION_CLASSES = 200  # beyond this a confusion matrix is neither drawn nor kept
+
+
+class ClassificationTask(HeadTask):
+    """A classifier head over the latents (cross-entropy)."""
+
+    name = "classification"
+    headline = "top1"
+    plots = ("confusion",)
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Class indices `[B]`."""
+        return batch["label"].long()
+
+    def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Top-k hits and, for up to MAX_CONFUSION_CLASSES classes, the confusion matrix."""
+        correct = state.setdefault("correct", {})
+        for k, c in topk_correct(logits, y).items():
+            correct[k] = correct.get(k, 0) + c
+        if logits.shape[-1] <= MAX_CONFUSION_CLASSES:
+            part = confusion_matrix(logits.argmax(-1), y, logits.shape[-1])
+            state["cm"] = part if "cm" not in state else state["cm"] + part
+
+    def summarize(self, state: dict[str, Any], n: int, result: EvalResult) -> None:
+        """top1, top5 (with at least 5 classes) and the confusion matrix."""
+        for k, c in state.get("correct", {}).items():
+            result.metrics[f"top{k}"] = c / n
+        if "cm" in state:
+            result.confusion = state["cm"].numpy()

@@ -1,0 +1,37 @@
+"""Multi-label tagging (AudioSet style): any number of labels per sample; scored by mAP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from hip.task.base import EvalResult
+from hip.task.metrics import mean_average_precision
+from hip.task.supervised import HeadTask
+
+
+class MultilabelTask(HeadTask):
+    """Independent sigmoid per class (binary cross-entropy)."""
+
+    name = "multilabel"
+    headline = "mAP"
+    plots = ("per_class",)
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Multi-hot labels `[B, K]` as floats."""
+        return batch["label"].float()
+
+    def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Keep the scores and targets: AP needs the whole ranking."""
+        state.setdefault("scores", []).append(torch.sigmoid(logits).cpu().numpy())
+        state.setdefault("targets", []).append(y.cpu().numpy())
+
+    def summarize(self, state: dict[str, Any], n: int, result: EvalResult) -> None:
+        """mAP over classes with positives, and each class's AP."""
+        m_ap, aps = mean_average_precision(
+            np.concatenate(state["scores"]), np.concatenate(state["targets"])
+        )
+        result.metrics["mAP"] = m_ap
+        result.per_class["ap"] = aps

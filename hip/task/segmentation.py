@@ -1,0 +1,41 @@
+"""Segmentation: a class per input position; scored by mIoU (255 = ignore)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hip.errors import UserError
+from hip.task.base import EvalResult
+from hip.task.metrics import confusion_matrix, iou_per_class, mean_iou
+from hip.task.supervised import HeadTask
+
+IGNORE_INDEX = 255
+
+
+class SegmentationTask(HeadTask):
+    """A per-position head on the decoder's output (cross-entropy, ignoring 255)."""
+
+    name = "segmentation"
+    headline = "mIoU"
+    plots = ("per_class",)
+
+    def targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Per-position class indices `[B, M]`."""
+        if "mask" not in batch:
+            raise UserError("segmentation needs batches with a per-position 'mask'")
+        return batch["mask"].long()
+
+    def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
+        """The confusion matrix over labelled positions."""
+        part = confusion_matrix(logits.argmax(-1), y, logits.shape[-1], IGNORE_INDEX)
+        state["cm"] = part if "cm" not in state else state["cm"] + part
+
+    def summarize(self, state: dict[str, Any], n: int, result: EvalResult) -> None:
+        """mIoU, per-class IoU and pixel accuracy."""
+        cm = state["cm"]
+        result.per_class["iou"] = iou_per_class(cm)
+        result.metrics["mIoU"] = mean_iou(cm)
+        result.metrics["pixel_acc"] = float(cm.diag().sum() / cm.sum().clamp_min(1))
+        result.confusion = cm.numpy()
