@@ -68,8 +68,8 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _counts(manifest: dict[str, Any]) -> dict[str, int]:
-    return {k: int(v["num_samples"]) for k, v in manifest["splits"].items()}
+def _counts(manifest: hd.Manifest) -> dict[str, int]:
+    return {k: int(v.num_samples) for k, v in manifest.splits.items()}
 
 
 def prepare_mnist(data: Path, work: Path) -> dict[str, Any]:

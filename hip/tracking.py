@@ -377,18 +377,14 @@ class StageRun(NullRun):
         import pandas as pd
 
         rows = []
-        manifest = getattr(source, "manifest", None) or {}
-        for name, info in (manifest.get("modalities") or {}).items():
-            rows.append({"kind": "modality", "name": name, "value": str(info.get("shape"))})
-        for split, info in (manifest.get("splits") or {}).items():
-            for shard in (info or {}).get("shards") or []:
-                if isinstance(shard, dict):
+        manifest = getattr(source, "manifest", None)  # a hip.data Manifest, or None
+        if manifest is not None:
+            for name, info in manifest.modalities.items():
+                rows.append({"kind": "modality", "name": name, "value": str(info.get("shape"))})
+            for split, info in manifest.splits.items():
+                for shard in info.shards:
                     rows.append(
-                        {
-                            "kind": f"shard:{split}",
-                            "name": str(shard.get("name")),
-                            "value": str(shard.get("sha256")),
-                        }
+                        {"kind": f"shard:{split}", "name": shard.name, "value": shard.sha256}
                     )
         if not rows:
             rows = [

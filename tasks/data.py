@@ -67,17 +67,17 @@ def shard_dataset(
     log = get_run_logger()
     log.info("sharding %s split=%s -> %s", source, split, output)
     manifest = hdata.shard(source, input, output, split=split, log=log.info, **(options or {}))
-    info = manifest["splits"][split]
+    info = manifest.splits[split]
     log.info(
         "%d samples in %d shards (%d inputs skipped)",
-        info["num_samples"],
-        len(info["shards"]),
-        len(info.get("skipped", [])),
+        info.num_samples,
+        len(info.shards),
+        len(info.skipped),
     )
     return {
         "manifest": storage.join(output, "manifest.json"),
         "split": split,
-        "samples": int(info["num_samples"]),
-        "shards": len(info["shards"]),
-        "fingerprint": str(info["fingerprint"]),
+        "samples": int(info.num_samples),
+        "shards": len(info.shards),
+        "fingerprint": str(info.fingerprint),
     }

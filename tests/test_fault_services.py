@@ -152,9 +152,9 @@ def _manifest_names_only_existing(uri: str, server, bucket: str) -> None:
     except UserError:
         return  # no manifest yet: nothing referenced
     prefix = uri.split("/", 3)[3]
-    for split in manifest["splits"].values():
-        for s in split["shards"]:
-            assert f"{prefix}/{s['name']}" in keys
+    for split in manifest.splits.values():
+        for s in split.shards:
+            assert f"{prefix}/{s.name}" in keys
 
 
 def test_s3_stopped_mid_multipart_upload_retries_then_succeeds(s3env):
@@ -192,6 +192,6 @@ def test_s3_down_during_sharding_fails_cleanly_then_resumes(s3env):
     s3env.start()
     _manifest_names_only_existing(uri, s3env, bucket)
     manifest = shard("digits", None, uri, "train", max_count=300)
-    assert manifest["splits"]["train"]["num_samples"] == 1437
+    assert manifest.splits["train"].num_samples == 1437
     assert verify(uri) == []
     _manifest_names_only_existing(uri, s3env, bucket)

@@ -137,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.input, args.output, split,
         max_count=args.max_count, max_bytes=args.max_bytes, seed=args.seed, log=log, **options,
     )  # fmt: skip
-    info = manifest["splits"][split]
+    info = manifest.splits[split]
     print(
-        f"{split}: {info['num_samples']} samples, {len(info['shards'])} shard(s), "
-        f"{len(info['skipped'])} skipped -> {args.output}"
+        f"{split}: {info.num_samples} samples, {len(info.shards)} shard(s), "
+        f"{len(info.skipped)} skipped -> {args.output}"
     )
-    for s in info["skipped"][:20]:
+    for s in info.skipped[:20]:
         print(f"  skipped {s['input']}: {s['reason']}")
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hip.data.manifest import Manifest
 from hip.errors import LabelRangeError, UserError, unknown_name
 
 BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
@@ -33,7 +34,7 @@ class DataSource:
     task: str  # classification | multilabel | segmentation | any
     label_names: list[str]
     fingerprint: str  # identifies the exact data (manifest sha256 or array digest)
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     manifest_path: str | None = None
     skip_corrupt: bool = False  # evaluation: skip (warn) corrupt samples instead of raising
@@ -47,10 +48,8 @@ class DataSource:
         """Sample count of a split, when known."""
         if self.arrays:
             return len(self.arrays[split]["label"]) if split in self.arrays else None
-        splits = (self.manifest or {}).get("splits") or {}
-        info = splits.get(split) if isinstance(splits, dict) else None
-        if isinstance(info, dict):
-            return info.get("count") or info.get("num_samples")
+        if self.manifest is not None and split in self.manifest.splits:
+            return self.manifest.splits[split].num_samples
         return None
 
     def batches(
@@ -277,41 +276,32 @@ def builtin_source(name: str) -> DataSource:
 
 def manifest_source(path: str) -> DataSource:
     """A hip.data shard manifest (path to manifest.json, its folder, or a URI)."""
-    try:
-        import hip.data as hd
-    except ImportError as exc:
-        raise UserError(
-            f"data.manifest needs the hip.data package, which is not available ({exc})"
-        ) from None
-    manifest = hd.read_manifest(path)
-    mods = {k: tuple(int(v) for v in info["shape"]) for k, info in manifest["modalities"].items()}
-    splits = manifest.get("splits") or {}
+    from hip.data.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    mods = {k: tuple(int(v) for v in info["shape"]) for k, info in manifest.modalities.items()}
     ident = {
-        name: info.get("fingerprint") or [sh.get("sha256") for sh in info.get("shards") or []]
-        for name, info in sorted(splits.items())
+        name: info.fingerprint or [sh.sha256 for sh in info.shards]
+        for name, info in sorted(manifest.splits.items())
     }
     fingerprint = (
-        manifest.get("fingerprint")
+        manifest.extra.get("fingerprint")
         or hashlib.sha256(
             json.dumps(
-                {"splits": ident, "modalities": manifest.get("modalities")},
+                {"splits": ident, "modalities": manifest.modalities},
                 sort_keys=True,
                 default=str,
             ).encode()
         ).hexdigest()[:16]
     )
     kinds = sorted(
-        {
-            str((info.get("source") or {}).get("type"))
-            for info in splits.values()
-            if info.get("source")
-        }
+        {str(info.source.get("type")) for info in manifest.splits.values() if info.source}
     )
     return DataSource(
         name="+".join(kinds) if kinds else str(path),
         modalities=mods,  # type: ignore[arg-type]
-        task=str(manifest.get("task") or "classification"),
-        label_names=[str(n) for n in manifest.get("label_names") or []],
+        task=str(manifest.task or "classification"),
+        label_names=[str(n) for n in manifest.label_names],
         fingerprint=str(fingerprint),
         manifest=manifest,
         manifest_path=path,
