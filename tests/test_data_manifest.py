@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from hip.data import Manifest, ShardInfo, SplitInfo, loader, read_manifest, shard
+from hip.data.dataset import manifest_dataset
 from hip.errors import UserError
-from hip.train.data import manifest_source
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_old_manifest_with_count_reads_as_num_samples(shards):
     m = read_manifest(shards)
     assert m.splits["train"].num_samples == 10 and m.splits["test"].num_samples == 4
     assert '"count": 10' not in m.to_json() and '"num_samples": 10' in m.to_json()
-    assert manifest_source(str(shards)).num_samples("train") == 10
+    assert manifest_dataset(str(shards)).num_samples("train") == 10
     batches = list(loader(shards, "train", 5, train=True))  # the epoch length uses the count
     assert len(batches) == 2
 

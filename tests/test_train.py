@@ -11,10 +11,10 @@ import torch
 
 import hip.cli
 from hip.config import load_config
+from hip.data.dataset import builtin_dataset
 from hip.errors import UserError
 from hip.train import checkpoint as ckpt
 from hip.train import loop
-from hip.train.data import builtin_source
 from hip.train.optim import lr_factor, peak_lr
 
 QUIET = ["tracking.enabled=false", "run.progress=false"]
@@ -33,7 +33,7 @@ def make_cfg(out: Path, *extra: str, stage: str = "pretrain", name: str | None =
 
 @pytest.fixture(scope="module")
 def digits():
-    return builtin_source("digits")
+    return builtin_dataset("digits")
 
 
 def losses(result):

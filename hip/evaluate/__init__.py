@@ -55,7 +55,7 @@ def evaluate_model(
     seed: int = 0,
     num_reconstructions: int = 8,
 ) -> EvalResult:
-    """Metrics of `model` (an MAE or a task model) on `split` of a DataSource."""
+    """Metrics of `model` (an MAE or a task model) on `split` of a Dataset."""
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -11,11 +11,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hip.config import from_dict, validate
+from hip.data.dataset import open_dataset
 from hip.errors import UserError
 from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
 from hip.train import checkpoint as ckpt
-from hip.train.data import open_source
 from hip.train.distributed import pick_device
 from hip.train.metrics import read_metrics
 
@@ -105,7 +105,7 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     task = meta["task"]
     device = pick_device(str(cfg.run.device))
     model.to(device)
-    source = open_source(cfg.data)
+    source = open_dataset(cfg.data)
     split = str(cfg.eval.split or cfg.data.eval_split)
     source = check_data(cfg, source, split)
     result = evaluate_model(

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hip.config import to_dict
+from hip.data.dataset import Dataset, infinite, open_dataset
 from hip.errors import UserError
 from hip.train import checkpoint as ckpt
 from hip.train import distributed as hdist
 from hip.train import step as hstep
-from hip.train.data import DataSource, infinite, open_source
 from hip.train.metrics import MetricsLog, StepTimer, memory_mb
 from hip.train.optim import (
     build_optimizer,
@@ -61,7 +61,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_meta(cfg: DictConfig, source: DataSource, num_classes: int | None) -> dict[str, Any]:
+def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model (plain types only)."""
     return {
         "task": str(cfg.task.type),
@@ -79,7 +79,7 @@ def model_meta(cfg: DictConfig, source: DataSource, num_classes: int | None) -> 
     }
 
 
-def num_classes_for(cfg: DictConfig, source: DataSource) -> int | None:
+def num_classes_for(cfg: DictConfig, source: Dataset) -> int | None:
     """`task.num_classes`, else the data's label count (finetuning only)."""
     if cfg.task.type == "mae":
         return None
@@ -94,7 +94,7 @@ def num_classes_for(cfg: DictConfig, source: DataSource) -> int | None:
     return int(n)
 
 
-def build_model(cfg: DictConfig, source: DataSource) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(cfg: DictConfig, source: Dataset) -> tuple[nn.Module, dict[str, Any]]:
     """The module to train and its checkpoint metadata; finetuning loads `task.pretrained`."""
     meta = model_meta(cfg, source, num_classes_for(cfg, source))
     model = ckpt.build_model(meta)
@@ -191,7 +191,7 @@ def _stage_of(cfg: DictConfig) -> str:
     return "pretrain" if cfg.task.type == "mae" else "finetune"
 
 
-def train(cfg: DictConfig, source: DataSource | None = None, tracker: Any = None) -> TrainResult:
+def train(cfg: DictConfig, source: Dataset | None = None, tracker: Any = None) -> TrainResult:
     """Run pretraining (task.type=mae) or finetuning from a resolved config; resumes per run.resume.
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group, wraps the model in DDP (or
@@ -211,14 +211,14 @@ def train(cfg: DictConfig, source: DataSource | None = None, tracker: Any = None
 
 
 def _train(
-    cfg: DictConfig, info: hdist.DistInfo, source: DataSource | None, tracker: Any
+    cfg: DictConfig, info: hdist.DistInfo, source: Dataset | None, tracker: Any
 ) -> TrainResult:
     from hip import tracking
 
     task = str(cfg.task.type)
     seed = int(cfg.run.seed)
     seed_all(seed + info.rank)
-    source = source or open_source(cfg.data)
+    source = source or open_dataset(cfg.data)
     if info.is_main and source.num_samples(str(cfg.data.eval_split)) is None:
         # Said before training, not discovered after it: the run itself is still valid.
         print(
@@ -242,7 +242,7 @@ def _train(
 
 
 def _run(
-    cfg: DictConfig, info: hdist.DistInfo, source: DataSource, tracker: Any, task: str, seed: int
+    cfg: DictConfig, info: hdist.DistInfo, source: Dataset, tracker: Any, task: str, seed: int
 ) -> TrainResult:
     model, meta = build_model(cfg, source)
     model.to(info.device)

