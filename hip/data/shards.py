@@ -23,7 +23,6 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import random
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +42,14 @@ from hip.data.manifest import (
     SplitInfo,
     read_manifest,
 )
-from hip.data.sources import Item, Source, SourceOptions, open_source
+from hip.data.sources import (
+    DEFAULT_SHUFFLE_SEED,
+    Item,
+    Source,
+    SourceOptions,
+    open_source,
+    shuffled,
+)
 from hip.errors import UserError
 from hip.model.modalities import audio_to_tokens, image_to_tokens, video_to_tokens
 
@@ -355,7 +361,7 @@ def shard(
     *,
     max_count: int = DEFAULT_MAX_COUNT,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    seed: int | None = 0,
+    seed: int | None = DEFAULT_SHUFFLE_SEED,
     s3: storage.S3Config | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
@@ -392,9 +398,7 @@ def shard(
         storage.check_bucket(output, s3)
 
     src = open_source(source, str(input) if input is not None else None, split, opts)
-    items = list(src.items)
-    if seed is not None:
-        random.Random(seed).shuffle(items)
+    items = shuffled(src.items, seed)
     if not items:
         raise UserError(f"{source}: no inputs found for split {split!r} in {input}")
     fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
