@@ -9,13 +9,13 @@ folder or --work):
 2. times the training loader's stages in one process over every sample: tar read, image
    decode (PIL), tensor conversion (`hip.data.loader.Decoder`) and batch collation
    (phases 2 and 3 use one torch thread, as a DataLoader worker does);
-3. measures the training loader (`hip.data.loader`, what `hip.train.data` calls) in img/s
+3. measures the training loader (`hip.data.loader`, what `hip.data.dataset` calls) in img/s
    with 0..--max-workers workers, and the data wait of a simulated consumer that needs
    one batch every batch/--target-img-s seconds (a GPU step: sleeps, leaving the CPUs free);
 4. derives the workers needed to keep the data wait under --wait-frac of the step time
    at --target-img-s (measured when a tried worker count reaches it, else extrapolated
    from the per-worker rate, and said so);
-5. runs the training loop (`hip.train.loop.train`, `tiny` preset, MAE) on the 224x224
+5. runs the training loop (`hip.train.trainer.train`, `tiny` preset, MAE) on the 224x224
    shards with 0 and 1 workers and reads the data-wait fraction of its StepTimer from
    metrics.jsonl, plus the CPU regression baseline of docs/BENCHMARKS.md: `tiny` MAE at
    28x28, batch 32, 85% masking, 0 workers (mnist_png_subset shards, and the in-memory
@@ -54,8 +54,8 @@ from hip import storage
 from hip.config import load_config
 from hip.data.loader import Decoder, collate
 from hip.data.shards import iter_tar_samples, shard_urls
-from hip.train import loop
-from hip.train.metrics import read_metrics
+from hip.runlog import read_metrics
+from hip.train import trainer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ISBI = "isbi2012_em_membrane"
@@ -213,25 +213,25 @@ def write_shards(folder: Path, out: Path, fmt: str, side: int, shard_size: int) 
         image_format=fmt,
     )
     seconds = time.perf_counter() - t0
-    info = manifest["splits"]["train"]
-    nbytes = sum(s["bytes"] for s in info["shards"])
+    info = manifest.splits["train"]
+    nbytes = sum(s.bytes for s in info.shards)
     return {
         "manifest": manifest,
         "path": str(out),
-        "num_samples": info["num_samples"],
-        "num_shards": len(info["shards"]),
+        "num_samples": info.num_samples,
+        "num_shards": len(info.shards),
         "bytes": nbytes,
-        "bytes_per_image": nbytes / info["num_samples"],
-        "token_shape": manifest["modalities"]["image"]["shape"],
+        "bytes_per_image": nbytes / info.num_samples,
+        "token_shape": manifest.modalities["image"]["shape"],
         "shard_seconds": seconds,
-        "skipped": len(info["skipped"]),
+        "skipped": len(info.skipped),
     }
 
 
 # ------------------------------------------------------------------ decode cost
 
 
-def decode_cost(manifest: dict[str, Any], batch: int, passes: int = 2) -> dict[str, float]:
+def decode_cost(manifest: hd.Manifest, batch: int, passes: int = 2) -> dict[str, float]:
     """Per-image ms of each loader stage in this process, over every sample (best of `passes`).
 
     read: tar streaming (`iter_tar_samples`, page cache warm); image: PIL decode to uint8
@@ -284,7 +284,7 @@ def decode_cost(manifest: dict[str, Any], batch: int, passes: int = 2) -> dict[s
 
 
 def loader_run(
-    manifest: dict[str, Any], workers: int, batch: int, batches: int, step_s: float = 0.0
+    manifest: hd.Manifest, workers: int, batch: int, batches: int, step_s: float = 0.0
 ) -> dict[str, float]:
     """Iterate the training loader; with `step_s` > 0 a consumer sleeps that long per batch.
 
@@ -378,7 +378,7 @@ def train_wait(
     )
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # its progress lines: stdout keeps the table
-        result = loop.train(cfg)
+        result = trainer.train(cfg)
     wall = time.perf_counter() - t0
     recs = read_metrics(run_dir / "metrics.jsonl")
     if len(recs) != steps or result.step != steps:

@@ -1,7 +1,7 @@
 """Evidence that MAE pretraining helps, on the real data sets in ../shared/data (CPU; not a test).
 
 For each data set the project's own stages run end to end: `hip.data.shard` writes shards,
-`hip.train.loop.train` MAE-pretrains the `tiny` preset on them, then finetunes it, and the same
+`hip.train.trainer.train` MAE-pretrains the `tiny` preset on them, then finetunes it, and the same
 finetuning recipe (same steps, batch, lr, seed) is trained from scratch for comparison; the
 held-out metrics come from the training loop's final evaluation and from `hip.evaluate`.
 
@@ -68,8 +68,8 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _counts(manifest: dict[str, Any]) -> dict[str, int]:
-    return {k: int(v["num_samples"]) for k, v in manifest["splits"].items()}
+def _counts(manifest: hd.Manifest) -> dict[str, int]:
+    return {k: int(v.num_samples) for k, v in manifest.splits.items()}
 
 
 def prepare_mnist(data: Path, work: Path) -> dict[str, Any]:

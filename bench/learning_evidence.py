@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from hip.config import load_config
-from hip.train import loop
+from hip.train import trainer
 
 
 def run(stage, preset, out, steps, extra):
@@ -27,7 +27,7 @@ def run(stage, preset, out, steps, extra):
         stage, preset, [f"run.out={out}", f"optim.total_steps={steps}", "run.progress=true", *extra]
     )
     t0 = time.time()
-    res = loop.train(cfg)
+    res = trainer.train(cfg)
     return res, time.time() - t0
 
 

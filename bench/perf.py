@@ -1,7 +1,7 @@
 """Training-step speed of HiP and its peers, measured side by side in one run (issue 6).
 
 Every workload is one optimiser step (forward, backward, clip, AdamW) on random data of the
-real shapes. HiP steps are the training loop's own (`hip.train.loop.compute_loss`, `autocast`,
+real shapes. HiP steps are the training loop's own (`hip.train.step.compute_loss`, `autocast`,
 `hip.train.optim.build_optimizer`, `hip.train.step.clip_and_step`, one read of loss and
 gradient norm per step). FLOPs are counted once per workload with `torch.utils.flop_counter`
 on the meta device (no memory, no time: the same kernels' shapes; attention in its math form).

@@ -7,6 +7,7 @@ never tensors.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.config import PipelineConfig, load_pipeline, tracking_uri
 from hip import checkpoint as ckpt
-from hip import storage
+from hip import storage, tracking
 from hip.errors import UserError
 from tasks.data import shard_dataset
 from tasks.evaluation import evaluate_checkpoint
 from tasks.registry import champion_of, promote_if_better
-from tasks.tracking import end_parent_run, start_parent_run
 from tasks.training import run_training
 
 STAGES = ("shard", "pretrain", "finetune", "evaluate", "retrain", "pipeline")
@@ -37,13 +37,13 @@ def _tracking_overrides(p: PipelineConfig, parent: str | None) -> list[str]:
     return out
 
 
-def _open_parent(p: PipelineConfig, name: str) -> str:
+def _parent_run(p: PipelineConfig, name: str) -> contextlib.AbstractContextManager[str]:
     """The pipeline's MLflow parent run: reopened when an interrupted run of it is continued."""
-    return start_parent_run(tracking_uri(p), p.experiment, name, _work(p))
+    return tracking.parent_run(tracking_uri(p), p.experiment, name, _work(p))
 
 
 def _manifest(p: PipelineConfig, dataset: str) -> str:
-    return storage.join(_work(p, "shards", dataset), "manifest.json")
+    return _work(p, "shards", dataset)  # hip reads the manifest in it
 
 
 @flow(name="shard")
@@ -81,7 +81,7 @@ def finetune_flow(
     p: PipelineConfig, parent: str | None = None, pretrained: str | None = None
 ) -> dict[str, Any]:
     """Finetune every benchmark from the pretraining checkpoint, and from scratch if asked."""
-    pretrained = pretrained or ckpt.latest(_work(p, "runs", "pretrain", "checkpoints"))
+    pretrained = pretrained or ckpt.latest_of_run(_work(p, "runs", "pretrain"))
     if pretrained is None:
         raise UserError(
             f"no pretraining checkpoint under {_work(p, 'runs', 'pretrain')}: run stage=pretrain first"
@@ -115,7 +115,7 @@ def evaluate_flow(p: PipelineConfig, parent: str | None = None) -> dict[str, Any
         for v in (["pretrained", "scratch"] if b.from_scratch else ["pretrained"])
     ]
     for name in runs:
-        found = ckpt.latest(_work(p, "runs", name, "checkpoints"))
+        found = ckpt.latest_of_run(_work(p, "runs", name))
         if found is None:
             get_run_logger().warning("no checkpoint for %s yet; skipped", name)
             continue
@@ -123,9 +123,6 @@ def evaluate_flow(p: PipelineConfig, parent: str | None = None) -> dict[str, Any
         overrides = [*_tracking_overrides(p, parent), "run.eval_batches=null"]
         results[name] = evaluate_checkpoint(found, overrides, name)
     return results
-
-
-HEADLINE = ("top1", "mAP", "mIoU")  # the benchmark metric of each task type, higher is better
 
 
 def summarize(p: PipelineConfig, evaluations: dict[str, Any]) -> list[dict[str, Any]]:
@@ -145,26 +142,27 @@ def summarize(p: PipelineConfig, evaluations: dict[str, Any]) -> list[dict[str, 
     for b in p.benchmarks:
         pre = evaluations.get(f"{b.name}-pretrained", {}).get("metrics", {})
         scratch = evaluations.get(f"{b.name}-scratch", {}).get("metrics", {})
-        metric = next((k for k in HEADLINE if k in pre), None)
-        if metric is None:
+        if not pre:
             continue
+        metric = evaluations[f"{b.name}-pretrained"]["headline"]
         rows.append(
             {
                 "benchmark": b.name,
                 "metric": metric,
                 "pretrained": round(pre[metric], 4),
                 "scratch": round(scratch[metric], 4) if metric in scratch else None,
-                "baseline": _chance(evaluations[f"{b.name}-pretrained"])
-                if metric == "top1"
-                else None,
+                "baseline": _chance(evaluations[f"{b.name}-pretrained"]),
             }
         )
     return rows
 
 
 def _chance(evaluation: dict[str, Any]) -> float | None:
+    """Top-1 of guessing uniformly among the classes; None for other headline metrics."""
     classes = evaluation.get("classes") or []
-    return round(1.0 / len(classes), 4) if classes else None
+    if evaluation["headline"] != "top1" or not classes:
+        return None
+    return round(1.0 / len(classes), 4)
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -181,9 +179,7 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
 def pipeline_flow(p: PipelineConfig) -> dict[str, Any]:
     """shard -> pretrain -> finetune per benchmark -> evaluate -> report, under one MLflow parent run."""
     log = get_run_logger()
-    parent = _open_parent(p, f"pipeline-{p.name}")
-    status = "FAILED"
-    try:
+    with _parent_run(p, f"pipeline-{p.name}") as parent:
         shards = shard_flow(p)
         pre = pretrain_flow(p, parent)
         fine = finetune_flow(p, parent, pre["checkpoint"])
@@ -197,7 +193,6 @@ def pipeline_flow(p: PipelineConfig) -> dict[str, Any]:
         create_table_artifact(rows, key="pipeline-summary", description=f"HiP pipeline {p.name}")
         create_markdown_artifact(report.read_text(), key="pipeline-report")
         log.info("summary:\n%s", table)
-        status = "FINISHED"
         return {
             "summary": rows,
             "report": str(report),
@@ -208,8 +203,6 @@ def pipeline_flow(p: PipelineConfig) -> dict[str, Any]:
             "tracking_uri": tracking_uri(p),
             "parent_run_id": parent,
         }
-    finally:
-        end_parent_run(tracking_uri(p), parent, status)
 
 
 @flow(name="retrain")
@@ -220,8 +213,8 @@ def retrain_flow(p: PipelineConfig) -> dict[str, Any]:
     shards = shard_flow(p)
     uri = tracking_uri(p)
     outcome: dict[str, Any] = {}
-    parent, status = None, "FAILED"
-    try:
+    parent = None
+    with contextlib.ExitStack() as stack:  # the parent run opens only when a benchmark retrains
         for b in p.benchmarks:
             fingerprint = shards[f"{b.dataset}/train"]["fingerprint"]
             champion = champion_of(uri, b.name)
@@ -238,8 +231,8 @@ def retrain_flow(p: PipelineConfig) -> dict[str, Any]:
                 }
                 continue
             if parent is None:
-                parent = _open_parent(p, f"retrain-{p.name}")
-            pretrained = ckpt.latest(_work(p, "runs", "pretrain", "checkpoints"))
+                parent = stack.enter_context(_parent_run(p, f"retrain-{p.name}"))
+            pretrained = ckpt.latest_of_run(_work(p, "runs", "pretrain"))
             if pretrained is None:
                 log.info("no pretraining checkpoint yet: pretraining first")
                 pretrained = pretrain_flow(p, parent)["checkpoint"]
@@ -255,15 +248,10 @@ def retrain_flow(p: PipelineConfig) -> dict[str, Any]:
             evaluation = evaluate_checkpoint(
                 trained["checkpoint"], _tracking_overrides(p, parent), f"{b.name}-retrain"
             )
-            metric = next(k for k in ("top1", "mAP", "mIoU") if k in evaluation["metrics"])
             outcome[b.name] = promote_if_better(
-                uri, b.name, fingerprint, trained, evaluation, metric
+                uri, b.name, fingerprint, trained, evaluation, evaluation["headline"]
             )
-        status = "FINISHED"
         return outcome
-    finally:
-        if parent is not None:
-            end_parent_run(uri, parent, status)
 
 
 @flow(name="hip", log_prints=True)
@@ -281,13 +269,6 @@ def hip(
     if stage == "retrain":
         return retrain_flow(p)
     shard_flow(p)  # cached: a no-op when the inputs did not change
-    parent = _open_parent(p, f"{stage}-{p.name}")
-    status = "FAILED"
-    try:
-        result = {"pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}[
-            stage
-        ](p, parent)
-        status = "FINISHED"
-        return result
-    finally:
-        end_parent_run(tracking_uri(p), parent, status)
+    run_stage = {"pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}
+    with _parent_run(p, f"{stage}-{p.name}") as parent:
+        return run_stage[stage](p, parent)

@@ -197,6 +197,16 @@ def latest(folder: str) -> str | None:
     return found[-1] if found else None
 
 
+def run_checkpoint_dir(run_out: str | Path) -> str:
+    """Where a training run keeps its checkpoints by default: `<run.out>/checkpoints`."""
+    return storage.join(str(run_out), "checkpoints")
+
+
+def latest_of_run(run_out: str | Path) -> str | None:
+    """The newest checkpoint a training run (`run.out`) wrote, or None."""
+    return latest(run_checkpoint_dir(run_out))
+
+
 def remove_stale_temp(folder: str) -> list[str]:
     """Delete temp files left by interrupted checkpoint writes in a local folder; returns them."""
     if _is_remote(folder) or not Path(folder).is_dir():

@@ -22,7 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 from hip.errors import UserError, unknown_name
 
 STAGES = ("pretrain", "finetune", "evaluate")
-TASKS = ("mae", "classification", "multilabel", "segmentation")
 SECRET_WORDS = ("secret", "password", "token", "key", "credential")
 
 
@@ -274,7 +273,9 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         raise UserError(f"config does not resolve: {str(exc).splitlines()[0]}") from None
     _choice(cfg.stage, STAGES, "stage")
-    _choice(cfg.task.type, TASKS, "task.type")
+    from hip.task import get_task, task_names
+
+    _choice(cfg.task.type, task_names(), "task.type")
     _choice(cfg.run.precision, ("auto", "bf16", "fp32"), "run.precision")
     _choice(cfg.run.strategy, ("ddp", "fsdp"), "run.strategy")
     _choice(cfg.run.on_nonfinite, ("stop", "skip"), "run.on_nonfinite")
@@ -283,10 +284,14 @@ def validate(cfg: DictConfig) -> None:
     dev = str(cfg.run.device)
     if not (dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:")):
         raise UserError(f"run.device={dev!r}: use auto, cpu, cuda or cuda:N")
-    if cfg.stage == "pretrain" and cfg.task.type != "mae":
-        raise UserError(f"pretrain trains task.type=mae, got task.type={cfg.task.type!r}")
-    if cfg.stage == "finetune" and cfg.task.type == "mae":
-        raise UserError("finetune needs task.type classification, multilabel or segmentation")
+    trained_here = [n for n in task_names() if get_task(n).stage == cfg.stage]
+    if cfg.stage in ("pretrain", "finetune") and cfg.task.type not in trained_here:
+        if cfg.stage == "pretrain":
+            raise UserError(
+                f"pretrain trains task.type={'|'.join(trained_here)}, got task.type={cfg.task.type!r}"
+            )
+        names = ", ".join(trained_here[:-1]) + " or " + trained_here[-1]
+        raise UserError(f"finetune needs task.type {names}")
     positive = {
         "data.batch_size": cfg.data.batch_size,
         "optim.total_steps": cfg.optim.total_steps,

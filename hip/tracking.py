@@ -515,18 +515,14 @@ class StageRun(NullRun):
         import pandas as pd
 
         rows = []
-        manifest = getattr(source, "manifest", None) or {}
-        for name, info in (manifest.get("modalities") or {}).items():
-            rows.append({"kind": "modality", "name": name, "value": str(info.get("shape"))})
-        for split, info in (manifest.get("splits") or {}).items():
-            for shard in (info or {}).get("shards") or []:
-                if isinstance(shard, dict):
+        manifest = getattr(source, "manifest", None)  # a hip.data Manifest, or None
+        if manifest is not None:
+            for name, info in manifest.modalities.items():
+                rows.append({"kind": "modality", "name": name, "value": str(info.get("shape"))})
+            for split, info in manifest.splits.items():
+                for shard in info.shards:
                     rows.append(
-                        {
-                            "kind": f"shard:{split}",
-                            "name": str(shard.get("name")),
-                            "value": str(shard.get("sha256")),
-                        }
+                        {"kind": f"shard:{split}", "name": shard.name, "value": shard.sha256}
                     )
         if not rows:
             rows = [
@@ -552,7 +548,7 @@ class StageRun(NullRun):
 
     def register_model(self, checkpoint: str, benchmark: str) -> None:
         """Register the logged checkpoint as a version of the model `hip-<benchmark>`."""
-        name = f"hip-{benchmark}"
+        name = registered_model_name(benchmark)
         with contextlib.suppress(Exception):
             self.client.create_registered_model(name)
         source = f"{self.active.info.artifact_uri.rstrip('/')}/checkpoint"
@@ -663,6 +659,57 @@ def end_pipeline_run(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> 
     import mlflow
 
     mlflow.MlflowClient(tracking_uri(cfg)).set_terminated(run_id, status=status)
+
+
+def registered_model_name(benchmark: str) -> str:
+    """The MLflow registry name of a benchmark's models: `hip-<benchmark>`."""
+    return f"hip-{benchmark}"
+
+
+def _retry(call: Callable[[], Any], delays: tuple[float, ...] = (2.0, 10.0)) -> Any:
+    """`call()`, retried after each delay while MLflow is unreachable or overloaded."""
+    for delay in delays:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            time.sleep(delay)
+    return call()
+
+
+@contextlib.contextmanager
+def parent_run(
+    uri: str, experiment: str, name: str, work_dir: str | Path | None = None
+) -> Iterator[str]:
+    """A pipeline's parent MLflow run around a block; yields its id for the stages.
+
+    Ends FINISHED when the block returns, FAILED when it raises, KILLED when it is
+    interrupted or cancelled (KeyboardInterrupt, SystemExit, a cancellation). With the
+    pipeline's local `work_dir`, a re-run after an interruption reopens the same run (see
+    :func:`start_pipeline_run`) and new experiments keep their artifacts under
+    `work_dir/runs`. Start and end are retried while the server blips.
+    """
+    from hip.config import load_config
+
+    overrides = [f"tracking.uri={uri}", f"tracking.experiment={experiment}"]
+    record = None
+    if work_dir is not None:
+        overrides.append(f"run.out={Path(work_dir) / 'runs' / name}")
+        record = Path(work_dir) / "parent-runs" / f"{name}.json"
+    cfg = load_config("pretrain", None, overrides)
+    run_id = _retry(lambda: start_pipeline_run(cfg, name, record))
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except Exception:
+        raise
+    except BaseException:  # interrupted or cancelled, not failed
+        status = "KILLED"
+        raise
+    finally:
+        _retry(lambda: end_pipeline_run(cfg, run_id, status))
 
 
 def search(

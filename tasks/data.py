@@ -56,9 +56,7 @@ def _cache_key(context: Any, params: dict[str, Any]) -> str:
     fp = input_fingerprint(
         params["source"], params.get("input"), params["split"], params.get("options") or {}
     )
-    written = json.dumps(
-        [info.get("fingerprint"), [(s["name"], s["bytes"], s["sha256"]) for s in info["shards"]]]
-    )
+    written = json.dumps([info.fingerprint, [(s.name, s.bytes, s.sha256) for s in info.shards]])
     parts = [params["output"], params["split"], written]
     return f"shard-{fp}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]}"
 
@@ -77,17 +75,17 @@ def shard_dataset(
     log = get_run_logger()
     log.info("sharding %s split=%s -> %s", source, split, output)
     manifest = hdata.shard(source, input, output, split=split, log=log.info, **(options or {}))
-    info = manifest["splits"][split]
+    info = manifest.splits[split]
     log.info(
         "%d samples in %d shards (%d inputs skipped)",
-        info["num_samples"],
-        len(info["shards"]),
-        len(info.get("skipped", [])),
+        info.num_samples,
+        len(info.shards),
+        len(info.skipped),
     )
     return {
         "manifest": storage.join(output, "manifest.json"),
         "split": split,
-        "samples": int(info["num_samples"]),
-        "shards": len(info["shards"]),
-        "fingerprint": str(info["fingerprint"]),
+        "samples": int(info.num_samples),
+        "shards": len(info.shards),
+        "fingerprint": str(info.fingerprint),
     }

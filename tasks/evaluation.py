@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from hip.evaluate.run import config_for_checkpoint, evaluate
+from hip.task import get_task
 
 
 def _artifact_key(text: str) -> str:
@@ -41,8 +42,12 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str], label: str) -> di
             key=_artifact_key(f"{label}-mlflow"),
             description=f"MLflow run of {label} (tracking URI {uri or 'default'})",
         )
+    task = get_task(out.result.task)
     return {
         "label": label,
+        "task": task.name,
+        "headline": task.headline,  # the metric this run is judged by
+        "higher_is_better": task.higher_is_better,
         "checkpoint": checkpoint,
         "metrics": metrics,
         "classes": [str(n) for n in out.result.label_names],

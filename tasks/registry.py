@@ -6,6 +6,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from hip.task import get_task
+from hip.tracking import registered_model_name
+
 CHAMPION = "champion"
 
 
@@ -20,7 +23,7 @@ def champion_of(uri: str, benchmark: str) -> dict[str, Any] | None:
     """The `champion` version of `hip-<benchmark>` with its metric and data fingerprint, or None."""
     client = _client(uri)
     try:
-        mv = client.get_model_version_by_alias(f"hip-{benchmark}", CHAMPION)
+        mv = client.get_model_version_by_alias(registered_model_name(benchmark), CHAMPION)
     except Exception:  # no model or no alias yet
         return None
     return {
@@ -51,7 +54,7 @@ def promote_if_better(
     """Move `champion` to the new version only if `metric` improves; otherwise tag it a challenger."""
     log = get_run_logger()
     client = _client(uri)
-    name = f"hip-{benchmark}"
+    name = registered_model_name(benchmark)
     mv = _version_of_run(client, name, training["run_out"])
     if mv is None:
         raise RuntimeError(
@@ -65,17 +68,20 @@ def promote_if_better(
     }.items():
         client.set_model_version_tag(name, mv.version, k, str(v))
     current = champion_of.fn(uri, benchmark)
-    if current is None or current["value"] is None or value > current["value"]:
+    better = get_task(evaluation["task"]).better
+    if current is None or current["value"] is None or better(value, current["value"]):
         client.set_registered_model_alias(name, CHAMPION, mv.version)
         reason = (
             "first champion"
             if current is None
-            else f"{metric} {value:.4f} > {current['value']:.4f} (v{current['version']})"
+            else f"{metric} {value:.4f} beats {current['value']:.4f} (v{current['version']})"
         )
         client.set_model_version_tag(name, mv.version, "hip.decision", f"promoted: {reason}")
         log.info("%s v%s is the new champion: %s", name, mv.version, reason)
         return {"promoted": True, "version": mv.version, "value": value, "reason": reason}
-    reason = f"{metric} {value:.4f} <= champion v{current['version']} {current['value']:.4f}"
+    reason = (
+        f"{metric} {value:.4f} does not beat champion v{current['version']} {current['value']:.4f}"
+    )
     client.set_model_version_tag(name, mv.version, "hip.decision", f"challenger: {reason}")
     log.info("%s v%s stays a challenger: %s", name, mv.version, reason)
     return {"promoted": False, "version": mv.version, "value": value, "reason": reason}

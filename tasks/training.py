@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -38,7 +37,7 @@ def run_training(
     cmd = training_command(stage, args, nproc_per_node=nproc)
     log.info("launching %s with %d process(es): %s", stage, nproc, " ".join(cmd))
     launch(cmd, on_line=log.info, env=env)
-    found = ckpt.latest(str(Path(run_out) / "checkpoints"))
+    found = ckpt.latest_of_run(run_out)
     if found is None:
         raise RuntimeError(f"{stage} finished but wrote no checkpoint under {run_out}/checkpoints")
     return {"stage": stage, "run_out": run_out, "checkpoint": found}

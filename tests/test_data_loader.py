@@ -31,9 +31,7 @@ def shards(tmp_path_factory):
     src = make_folder(base / "src")
     many = shard("imagefolder", src, base / "many", max_count=4)
     few = shard("imagefolder", src, base / "few", max_count=16)
-    assert (
-        len(many["splits"]["train"]["shards"]) == 6 and len(few["splits"]["train"]["shards"]) == 2
-    )
+    assert len(many.splits["train"].shards) == 6 and len(few.splits["train"].shards) == 2
     all_keys = sorted(k for b in loader(many, "train", 100, train=False) for k in b["key"])
     assert len(all_keys) == 21
     return {"many": many, "few": few, "keys": all_keys}
@@ -104,8 +102,8 @@ def test_normalize_uses_manifest_stats(shards):
     m = shards["many"]
     plain = next(iter(loader(m, "train", 21, train=False)))["inputs"]["image"]
     norm = next(iter(loader(m, "train", 21, train=False, normalize=True)))["inputs"]["image"]
-    mean = torch.tensor(m["modalities"]["image"]["mean"])
-    std = torch.tensor(m["modalities"]["image"]["std"])
+    mean = torch.tensor(m.modalities["image"]["mean"])
+    std = torch.tensor(m.modalities["image"]["std"])
     assert torch.allclose(plain.reshape(-1, 3).mean(0).double(), mean.double(), atol=1e-5)
     assert torch.allclose(norm, (plain - mean) / std, atol=1e-5)
     assert torch.allclose(norm.reshape(-1, 3).std(0, unbiased=False), torch.ones(3), atol=1e-3)

@@ -41,8 +41,8 @@ def test_shard_verify_and_stream_from_s3(s3env, folder, tmp_path, capsys):
         f"mnist/v1/train-00000{i}.tar" for i in range(4)
     ]
     local = shard("imagefolder", folder, tmp_path / "local", "train", max_count=3)
-    assert [s["sha256"] for s in m["splits"]["train"]["shards"]] == [
-        s["sha256"] for s in local["splits"]["train"]["shards"]
+    assert [s.sha256 for s in m.splits["train"].shards] == [
+        s.sha256 for s in local.splits["train"].shards
     ]
     assert verify(uri) == []
     assert main(["shard", "verify", uri]) == 0

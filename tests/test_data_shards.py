@@ -41,7 +41,7 @@ def folder(tmp_path):
 
 def test_manifest_contents_and_names(folder, tmp_path):
     m = shard("imagefolder", folder, tmp_path / "o", "train", max_count=4)
-    names = [s["name"] for s in m["splits"]["train"]["shards"]]
+    names = [s.name for s in m.splits["train"].shards]
     assert names == [f"train-{i:06d}.tar" for i in range(4)]
     on_disk = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert on_disk["tool_version"] == hip.__version__ and on_disk["created"]
@@ -62,7 +62,7 @@ def test_manifest_contents_and_names(folder, tmp_path):
 def test_deterministic_bytes_and_seeded_order(folder, tmp_path):
     a = shard("imagefolder", folder, tmp_path / "a", max_count=6, seed=None)  # sorted order
     b = shard("imagefolder", folder, tmp_path / "b", max_count=6, seed=None)
-    sha = lambda m: [s["sha256"] for s in m["splits"]["train"]["shards"]]  # noqa: E731
+    sha = lambda m: [s.sha256 for s in m.splits["train"].shards]  # noqa: E731
     assert sha(a) == sha(b)
     c = shard("imagefolder", folder, tmp_path / "c", max_count=6, seed=3)
     d = shard("imagefolder", folder, tmp_path / "d", max_count=6, seed=3)
@@ -82,9 +82,9 @@ def test_deterministic_bytes_and_seeded_order(folder, tmp_path):
 
 def test_max_bytes_splits_shards(folder, tmp_path):
     m = shard("imagefolder", folder, tmp_path / "o", max_bytes=4000)
-    shards = m["splits"]["train"]["shards"]
-    assert len(shards) > 3 and sum(s["count"] for s in shards) == 15
-    assert all(s["bytes"] <= 10240 for s in shards)  # 1 record of tar padding at most
+    shards = m.splits["train"].shards
+    assert len(shards) > 3 and sum(s.count for s in shards) == 15
+    assert all(s.bytes <= 10240 for s in shards)  # 1 record of tar padding at most
 
 
 def test_rerun_is_a_noop_and_resume_after_crash(folder, tmp_path, monkeypatch):
@@ -111,10 +111,10 @@ def test_rerun_is_a_noop_and_resume_after_crash(folder, tmp_path, monkeypatch):
     writes.clear()
     m = shard("imagefolder", folder, out, max_count=4)
     assert [w for w in writes if w.endswith(".tar")] == ["train-000002.tar", "train-000003.tar"]
-    assert verify(out) == [] and m["splits"]["train"]["num_samples"] == 15
+    assert verify(out) == [] and m.splits["train"].num_samples == 15
     fresh = shard("imagefolder", folder, tmp_path / "fresh", max_count=4)
-    assert [s["sha256"] for s in m["splits"]["train"]["shards"]] == [
-        s["sha256"] for s in fresh["splits"]["train"]["shards"]
+    assert [s.sha256 for s in m.splits["train"].shards] == [
+        s.sha256 for s in fresh.splits["train"].shards
     ]
     writes.clear()
     shard("imagefolder", folder, out, max_count=4)

@@ -38,10 +38,10 @@ def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
 def test_imagefolder_mnist_real(tmp_path):
     root = need(SHARED / "mnist_png_subset")
     m = shard("imagefolder", root / "train", tmp_path, "train", limit=3, max_count=8)
-    info = m["splits"]["train"]
-    assert info["num_samples"] == 30 and [s["count"] for s in info["shards"]] == [8, 8, 8, 6]
-    assert m["label_names"] == [str(d) for d in range(10)] and m["task"] == "classification"
-    assert m["modalities"]["image"]["shape"] == [784, 1]
+    info = m.splits["train"]
+    assert info.num_samples == 30 and [s.count for s in info.shards] == [8, 8, 8, 6]
+    assert m.label_names == [str(d) for d in range(10)] and m.task == "classification"
+    assert m.modalities["image"]["shape"] == [784, 1]
     b = one_batch(tmp_path, "train", 30)
     x = b["inputs"]["image"]
     assert x.shape == (30, 784, 1) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
@@ -58,10 +58,10 @@ def test_imagefolder_mnist_real(tmp_path):
 def test_fsdd_preset_split_and_fixed_length(tmp_path):
     root = need(SHARED / "fsdd")
     m = shard("audiofolder", root, tmp_path, "test", preset="fsdd", limit=2)
-    info = m["splits"]["test"]
-    assert info["num_samples"] == 20
-    assert m["modalities"]["audio"]["shape"] == [8000, 1]
-    assert m["modalities"]["audio"]["sample_rate"] == 8000
+    info = m.splits["test"]
+    assert info.num_samples == 20
+    assert m.modalities["audio"]["shape"] == [8000, 1]
+    assert m.modalities["audio"]["sample_rate"] == 8000
     b = one_batch(tmp_path, "test", 20)
     assert b["inputs"]["audio"].shape == (20, 8000, 1)
     assert b["inputs"]["audio"].abs().max() <= 1.0 and b["inputs"]["audio"].abs().max() > 0.01
@@ -72,7 +72,7 @@ def test_fsdd_preset_split_and_fixed_length(tmp_path):
         shard("audiofolder", root, tmp_path, "train", preset="fsdd", limit=1, sample_rate=4000)
     shard("audiofolder", root, tmp_path, "train", preset="fsdd", limit=1)
     m2 = read_manifest(tmp_path)
-    assert set(m2["splits"]) == {"test", "train"}
+    assert set(m2.splits) == {"test", "train"}
 
 
 def test_audiofolder_regex_and_folders(tmp_path):
@@ -91,9 +91,9 @@ def test_audiofolder_regex_and_folders(tmp_path):
         pattern=r"^(?P<label>[a-z]+)-\d+\.wav$",
         audio_length=128,
     )
-    assert m["label_names"] == ["no", "yes"]
-    assert m["splits"]["train"]["num_samples"] == 6
-    assert any("readme.wav" in s["input"] for s in m["splits"]["train"]["skipped"])
+    assert m.label_names == ["no", "yes"]
+    assert m.splits["train"].num_samples == 6
+    assert any("readme.wav" in s["input"] for s in m.splits["train"].skipped)
     b = one_batch(tmp_path / "o", "train", 6)
     yes = b["label"] == 1
     assert torch.allclose(b["inputs"]["audio"][yes, 0, 0], torch.tensor(1000 / 32768))
@@ -105,8 +105,8 @@ def test_audiofolder_regex_and_folders(tmp_path):
 def test_segfolder_isbi_binary_masks(tmp_path):
     root = need(SHARED / "isbi2012_em_membrane")
     m = shard("segfolder", root, tmp_path, "train", limit=3, resize="32")
-    assert m["task"] == "segmentation" and m["label_names"] == ["0", "1"]
-    assert m["targets"]["mask"]["shape"] == [1024]
+    assert m.task == "segmentation" and m.label_names == ["0", "1"]
+    assert m.targets["mask"]["shape"] == [1024]
     b = one_batch(tmp_path, "train", 3)
     assert b["inputs"]["image"].shape == (3, 1024, 1)
     assert b["mask"].shape == (3, 1024) and b["mask"].dtype == torch.long
@@ -140,13 +140,13 @@ def make_voc(root: Path, n: int = 4) -> Path:
 def test_voc_palette_masks_keep_ignore(tmp_path):
     voc = make_voc(tmp_path / "voc")
     m = shard("voc", voc.parent, tmp_path / "o", "train", resize="32x40", image_format="jpeg")
-    assert m["label_names"][0] == "background" and len(m["label_names"]) == 21
-    assert m["modalities"]["image"]["shape"] == [1280, 3]
+    assert m.label_names[0] == "background" and len(m.label_names) == 21
+    assert m.modalities["image"]["shape"] == [1280, 3]
     b = one_batch(tmp_path / "o", "train", 3)
     assert b["mask"].shape == (3, 1280)
     assert {0, 1, 2, 255} >= set(b["mask"].unique().tolist()) >= {0, 255}
     m = shard("voc", voc, tmp_path / "o", "val", resize="32x40")
-    assert m["splits"]["val"]["num_samples"] == 1
+    assert m.splits["val"].num_samples == 1
     with pytest.raises(UserError, match="split file"):
         shard("voc", voc, tmp_path / "o", "trainval")
 
@@ -202,13 +202,13 @@ def test_audioset_multilabel_audio_and_video(tmp_path):
         fps=5,
         video_size="8x8",
     )
-    info = m["splits"]["train"]
-    assert m["task"] == "multilabel" and m["label_names"] == ["Speech", "Music", "Animal"]
-    assert any(s["input"] == "missingCCC" for s in info["skipped"])
+    info = m.splits["train"]
+    assert m.task == "multilabel" and m.label_names == ["Speech", "Music", "Animal"]
+    assert any(s["input"] == "missingCCC" for s in info.skipped)
     # one clip has video, one has not: the mp4 defines the modalities, the wav is reported
-    assert info["num_samples"] == 1 and m["modalities"]["video"]["shape"] == [5 * 64, 3]
-    assert m["modalities"]["audio"]["shape"] == [8000, 1]
-    assert any("wavBBB" in s["input"] and "differs" in s["reason"] for s in info["skipped"])
+    assert info.num_samples == 1 and m.modalities["video"]["shape"] == [5 * 64, 3]
+    assert m.modalities["audio"]["shape"] == [8000, 1]
+    assert any("wavBBB" in s["input"] and "differs" in s["reason"] for s in info.skipped)
     b = one_batch(tmp_path / "o", "train", 1)
     assert b["label"].tolist() == [[1.0, 1.0, 0.0]]
     assert b["inputs"]["video"].shape == (1, 320, 3) and b["inputs"]["audio"].shape == (1, 8000, 1)
@@ -232,19 +232,19 @@ def test_csv_manifest_and_corrupt_file_reported(tmp_path):
         w.writerow(["path", "label"])
         w.writerows(rows)
     m = shard("csv", tmp_path / "list.csv", tmp_path / "o")
-    info = m["splits"]["train"]
-    assert m["label_names"] == ["cat", "dog"] and info["num_samples"] == 6
-    reasons = {Path(s["input"]).name: s["reason"] for s in info["skipped"]}
+    info = m.splits["train"]
+    assert m.label_names == ["cat", "dog"] and info.num_samples == 6
+    reasons = {Path(s["input"]).name: s["reason"] for s in info.skipped}
     assert set(reasons) == {"broken.png", "absent.png"}
     assert "FileNotFoundError" in reasons["absent.png"]
-    assert m["modalities"]["image"]["shape"] == [36, 3]
+    assert m.modalities["image"]["shape"] == [36, 3]
     assert verify(tmp_path / "o") == []
 
 
 @pytest.mark.parametrize("name,side", [("mnist5k", 28), ("digits", 8)])
 def test_package_datasets(tmp_path, name, side):
     m = shard(name, None, tmp_path, "test", limit=2)
-    assert m["splits"]["test"]["num_samples"] == 20
+    assert m.splits["test"].num_samples == 20
     b = one_batch(tmp_path, "test", 20)
     assert b["inputs"]["image"].shape == (20, side * side, 1)
     assert b["inputs"]["image"].max() > 0.5  # real digits have ink

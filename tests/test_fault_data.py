@@ -18,8 +18,8 @@ from hip import checkpoint as ckpt
 from hip.cli import main
 from hip.config import load_config
 from hip.evaluate.run import config_for_checkpoint, evaluate
-from hip.train import loop
-from hip.train.metrics import read_metrics
+from hip.runlog import read_metrics
+from hip.train import trainer
 from tests.test_fault_numerics import RecordingRun
 from tests.test_fault_training import one_thread  # noqa: F401 - autouse fixture
 from tests.test_train import QUIET
@@ -109,7 +109,7 @@ def test_training_skips_and_counts_corrupt_samples(clean, tmp_path):
     overrides = [f"run.out={tmp_path / 'run'}", f"data.manifest={out}", "data.batch_size=8"]
     overrides += ["optim.total_steps=4", "run.eval_batches=1", *QUIET]
     with pytest.warns(UserWarning) as caught:
-        result = loop.train(load_config("pretrain", "tiny_mnist", overrides), tracker=tracker)
+        result = trainer.train(load_config("pretrain", "tiny_mnist", overrides), tracker=tracker)
     assert result.step == 4  # did not crash
     counts = [r["corrupt_samples"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert counts == sorted(counts) and counts[-1] > 0, counts  # cumulative
@@ -133,7 +133,7 @@ def pretrained(clean: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("pre")
     overrides = [f"run.out={out}", f"data.manifest={clean}", "data.batch_size=8"]
     cfg = load_config("pretrain", "tiny_mnist", [*overrides, "optim.total_steps=2", *QUIET])
-    return loop.train(cfg).checkpoint
+    return trainer.train(cfg).checkpoint
 
 
 def test_evaluation_refuses_corrupt_data_unless_allowed(clean, tmp_path, pretrained, capsys):

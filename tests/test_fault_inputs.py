@@ -205,8 +205,8 @@ def test_odd_image_modes_are_converted_not_corrupted(world):
     for name, channels in (("cmyk", 3), ("pal", 3), ("i16", 1), ("one", 1)):
         out = t / f"modes_{name}"
         m = shard("imagefolder", t / name, out, "train")
-        assert m["splits"]["train"]["num_samples"] == 6 and not m["splits"]["train"]["skipped"]
-        assert read_manifest(out)["modalities"]["image"]["shape"][1] == channels
+        assert m.splits["train"].num_samples == 6 and not m.splits["train"].skipped
+        assert read_manifest(out).modalities["image"]["shape"][1] == channels
     # 16-bit grey keeps its range (PIL alone would clip 20000 and 40000 to 255)
     from hip.data import loader
 
@@ -217,5 +217,5 @@ def test_odd_image_modes_are_converted_not_corrupted(world):
     assert values == pytest.approx([0.0, (20000 >> 8) / 255, (40000 >> 8) / 255])
     # mixed sizes: the odd ones are skipped and reported, never a crash
     m = shard("imagefolder", t / "mixed", t / "modes_mixed", "train")
-    assert m["splits"]["train"]["num_samples"] == 2
-    assert all("differs from the first" in s["reason"] for s in m["splits"]["train"]["skipped"])
+    assert m.splits["train"].num_samples == 2
+    assert all("differs from the first" in s["reason"] for s in m.splits["train"].skipped)

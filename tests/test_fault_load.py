@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     import json, os, sys
     from hip.config import load_config
     from hip.data import loader
-    from hip.train.loop import train
+    from hip.train.trainer import train
 
     shards, out = sys.argv[1], sys.argv[2]
     cfg = load_config("pretrain", "tiny_digits", [
@@ -45,8 +45,8 @@ def test_two_ranks_four_workers_over_100_shards(tmp_path):
     shards = tmp_path / "shards"
     train = shard("digits", None, shards, "train", max_count=4, limit=40)
     test = shard("digits", None, shards, "test", max_count=3)
-    n_train = len(train["splits"]["train"]["shards"])
-    n_test = len(test["splits"]["test"]["shards"])
+    n_train = len(train.splits["train"].shards)
+    n_test = len(test.splits["test"].shards)
     assert n_train >= 100 and n_test >= 100
     script = tmp_path / "load.py"
     script.write_text(SCRIPT)
@@ -60,7 +60,7 @@ def test_two_ranks_four_workers_over_100_shards(tmp_path):
     assert [r["rank"] for r in ranks] == [0, 1]
     # evaluation: every test sample exactly once across 2 ranks x 4 workers
     keys = [k for r in ranks for k in r["eval_keys"]]
-    assert len(keys) == test["splits"]["test"]["num_samples"] == len(set(keys))
+    assert len(keys) == test.splits["test"].num_samples == len(set(keys))
     assert all(r["eval_keys"] for r in ranks)
     # training: the same number of batches on every rank (DDP never waits on a missing one)
     assert ranks[0]["train_batches"] == ranks[1]["train_batches"] > 0

@@ -17,9 +17,10 @@ import torch
 import hip.cli
 from hip import checkpoint as ckpt
 from hip.errors import UserError
+from hip.runlog import read_metrics
+from hip.task import get_task
 from hip.tracking import NullRun
-from hip.train import loop
-from hip.train.metrics import read_metrics
+from hip.train import trainer
 from tests.test_fault_training import one_thread  # noqa: F401 - autouse fixture
 from tests.test_train import digits, make_cfg  # noqa: F401 - digits is a fixture
 
@@ -55,7 +56,8 @@ def poison(
     snapshots: dict[int, dict] | None = None,
 ) -> dict[str, int]:
     """Make the n-th loss computation NaN, inf, or give it an infinite gradient."""
-    real = loop.compute_loss
+    task = get_task("mae")  # the loss these tests poison: the loop asks the task type for it
+    real = task.loss
     calls = {"n": 0}
 
     def flaky(model: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -73,7 +75,7 @@ def poison(
             return InfGrad.apply(loss)
         return loss
 
-    monkeypatch.setattr(loop, "compute_loss", flaky)
+    monkeypatch.setattr(task, "loss", flaky)
     return calls
 
 
@@ -84,8 +86,8 @@ def poison(
 def test_stop_keeps_the_last_good_checkpoint(tmp_path, digits, monkeypatch, kind, message):  # noqa: F811
     # (NaN losses are covered by test_train.test_nan_loss_stops_and_keeps_last_good_checkpoint)
     poison(monkeypatch, {3: kind})
-    with pytest.raises(loop.TrainingDiverged, match=message + r".*step-00000002\.pt"):
-        loop.train(make_cfg(tmp_path, "run.checkpoint_every=2"), digits)
+    with pytest.raises(trainer.TrainingDiverged, match=message + r".*step-00000002\.pt"):
+        trainer.train(make_cfg(tmp_path, "run.checkpoint_every=2"), digits)
     names = [Path(p).name for p in ckpt.list_checkpoints(str(tmp_path / "checkpoints"))]
     assert names == ["step-00000002.pt"]
     good = ckpt.load(str(tmp_path / "checkpoints" / names[0]))
@@ -103,14 +105,14 @@ def test_stop_on_the_command_line_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_skip_drops_the_update_and_counts_it(tmp_path, digits, monkeypatch):  # noqa: F811
-    clean = loop.train(make_cfg(tmp_path / "clean"), digits)
+    clean = trainer.train(make_cfg(tmp_path / "clean"), digits)
     snaps: dict[int, dict] = {}
     calls = poison(monkeypatch, {3: "nan", 6: "inf_grad"}, snaps)
     tracker = RecordingRun()
     cfg = make_cfg(tmp_path / "skip", "run.on_nonfinite=skip", "run.stop_at_step=4")
-    first = loop.train(cfg, digits, tracker=tracker)
+    first = trainer.train(cfg, digits, tracker=tracker)
     assert first.step == 4 and first.history[-1]["skipped_steps"] == 1
-    second = loop.train(make_cfg(tmp_path / "skip", "run.on_nonfinite=skip"), digits)
+    second = trainer.train(make_cfg(tmp_path / "skip", "run.on_nonfinite=skip"), digits)
     assert calls["n"] == 8 and second.step == 6  # 8 batches for 6 updates
     # no update from a skipped batch: the weights before batches 3 and 4 (and 6, 7) are equal
     for a, b in ((3, 4), (6, 7)):
@@ -129,8 +131,8 @@ def test_skip_drops_the_update_and_counts_it(tmp_path, digits, monkeypatch):  # 
 def test_skip_gives_up_after_max_skipped_steps(tmp_path, digits, monkeypatch):  # noqa: F811
     poison(monkeypatch, {2: "nan", 3: "nan"})
     cfg = make_cfg(tmp_path, "run.on_nonfinite=skip", "run.max_skipped_steps=1")
-    with pytest.raises(loop.TrainingDiverged, match=r"after 1 skipped step.*max_skipped_steps"):
-        loop.train(cfg, digits)
+    with pytest.raises(trainer.TrainingDiverged, match=r"after 1 skipped step.*max_skipped_steps"):
+        trainer.train(cfg, digits)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 from hip import storage, tracking
 from hip.data import read_manifest, shard, verify
 from hip.errors import UserError
-from hip.train import loop
+from hip.train import trainer
 from tests.test_tracking import free_port, pretrain_cfg, start_mlflow_server, stop_process_group
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_mlflow_lost_mid_training_buffers_and_flushes(tmp_path, monkeypatch):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            res = loop.train(cfg)
+            res = trainer.train(cfg)
         outage = [w for w in caught if issubclass(w.category, tracking.TrackingUnavailableWarning)]
         texts = [str(w.message) for w in outage]
         assert len(texts) == 2, texts  # one "unreachable" per outage, one "is back"
@@ -152,9 +152,9 @@ def _manifest_names_only_existing(uri: str, server, bucket: str) -> None:
     except UserError:
         return  # no manifest yet: nothing referenced
     prefix = uri.split("/", 3)[3]
-    for split in manifest["splits"].values():
-        for s in split["shards"]:
-            assert f"{prefix}/{s['name']}" in keys
+    for split in manifest.splits.values():
+        for s in split.shards:
+            assert f"{prefix}/{s.name}" in keys
 
 
 def test_s3_stopped_mid_multipart_upload_retries_then_succeeds(s3env):
@@ -192,6 +192,6 @@ def test_s3_down_during_sharding_fails_cleanly_then_resumes(s3env):
     s3env.start()
     _manifest_names_only_existing(uri, s3env, bucket)
     manifest = shard("digits", None, uri, "train", max_count=300)
-    assert manifest["splits"]["train"]["num_samples"] == 1437
+    assert manifest.splits["train"].num_samples == 1437
     assert verify(uri) == []
     _manifest_names_only_existing(uri, s3env, bucket)

@@ -29,12 +29,9 @@ ARGS = ["--source", "mnist5k", "--split", "train", "--limit", "100", "--max-coun
 HIP = [sys.executable, "-c", "import sys; from hip.cli import main; sys.exit(main())"]
 
 
-def shards_of(manifest: dict) -> list[tuple[str, int, int, str]]:
+def shards_of(manifest: hd.Manifest) -> list[tuple[str, int, int, str]]:
     """(name, count, bytes, sha256) of every train shard."""
-    return [
-        (s["name"], s["count"], s["bytes"], s["sha256"])
-        for s in manifest["splits"]["train"]["shards"]
-    ]
+    return [(s.name, s.count, s.bytes, s.sha256) for s in manifest.splits["train"].shards]
 
 
 def keys_of(folder: Path) -> list[str]:
@@ -103,5 +100,5 @@ def test_sigkilled_sharding_resumes_to_the_same_shards(tmp_path):
         ["manifest.json"] + [s[0] for s in shards_of(ref)]
     )  # no temp, progress or stray shard files
     keys = keys_of(out)
-    assert len(keys) == len(set(keys)) == manifest["splits"]["train"]["num_samples"] == 1000
+    assert len(keys) == len(set(keys)) == manifest.splits["train"].num_samples == 1000
     assert keys == keys_of(tmp_path / "ref")

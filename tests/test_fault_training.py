@@ -28,8 +28,8 @@ import torch
 from hip import checkpoint as ckpt
 from hip.config import load_config
 from hip.errors import UserError
-from hip.train import loop
-from hip.train.metrics import read_metrics
+from hip.runlog import read_metrics
+from hip.train import trainer
 
 pytestmark = pytest.mark.slow
 
@@ -110,10 +110,10 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> loop.TrainResult:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> trainer.TrainResult:
     """The uninterrupted run (in-process, one thread like the subprocesses)."""
     out = tmp_path_factory.mktemp("reference")
-    return loop.train(load_config("pretrain", "tiny_digits", [f"run.out={out}", *OVERRIDES]))
+    return trainer.train(load_config("pretrain", "tiny_digits", [f"run.out={out}", *OVERRIDES]))
 
 
 def test_sigkill_at_random_points_then_resume_is_exact(tmp_path, reference):

@@ -161,7 +161,12 @@ def test_champion_moves_only_when_the_metric_improves(harness, tmp_path):
     @flow
     def decide(run_out: str, top1: float, fingerprint: str) -> dict:
         return promote_if_better(
-            uri, "toy", fingerprint, {"run_out": run_out}, {"metrics": {"top1": top1}}, "top1"
+            uri,
+            "toy",
+            fingerprint,
+            {"run_out": run_out},
+            {"metrics": {"top1": top1}, "task": "classification"},
+            "top1",
         )
 
     @flow

@@ -24,7 +24,7 @@ def _key(output, split: str) -> str:
 
 
 def test_an_intact_split_keeps_its_cache_key(output):
-    assert hd.intact_split(output, "train")["num_samples"] == 30
+    assert hd.intact_split(output, "train").num_samples == 30
     assert _key(output, "train") == _key(output, "train")
     assert _key(output, "train").startswith("shard-")
 

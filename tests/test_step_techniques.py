@@ -11,7 +11,7 @@ import torch
 from hip.model import MAE, MAEConfig, create_model
 from hip.model.grouping import plan_groups
 from hip.model.masking import gather_groups, gather_positions, groupwise_mask, num_kept
-from hip.train import loop
+from hip.train import trainer
 from hip.train.step import clip_and_step, skips_on_device
 from tests.test_train import digits, make_cfg  # noqa: F401 - digits is a fixture
 
@@ -120,7 +120,7 @@ def test_bf16_autocast_loss_curve_tracks_fp32(tmp_path, digits):  # noqa: F811
             f"run.precision={precision}",
             "optim.total_steps=20",
         )
-        runs[precision] = [r["loss"] for r in loop.train(cfg, digits).history]
+        runs[precision] = [r["loss"] for r in trainer.train(cfg, digits).history]
     fp32, bf16 = runs["fp32"], runs["bf16"]
     assert len(fp32) == len(bf16) == 20
     assert fp32[-1] < 0.8 * fp32[0] and bf16[-1] < 0.8 * bf16[0]  # both learn

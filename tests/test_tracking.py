@@ -18,7 +18,7 @@ import hip.cli
 from hip import tracking
 from hip.config import load_config
 from hip.errors import UserError
-from hip.train import loop
+from hip.train import trainer
 
 STEPS = 3
 
@@ -136,7 +136,7 @@ def test_sqlite_default_uri_parent_child_and_registry(tmp_path):
     parent = tracking.start_pipeline_run(cfg, "pipeline-test")
     os.environ[tracking.PARENT_ENV] = parent  # how the pipeline hands it to torchrun workers
     try:
-        res = loop.train(cfg)
+        res = trainer.train(cfg)
     finally:
         del os.environ[tracking.PARENT_ENV]
     check_stage_run(uri, res.run_id, parent)
@@ -148,7 +148,7 @@ def test_sqlite_default_uri_parent_child_and_registry(tmp_path):
         [f"run.out={tmp_path / 'runs' / 'ft'}", "data.source=digits", "optim.total_steps=2", "data.batch_size=8",
          "run.eval_batches=1", "run.progress=false", f"tracking.parent_run_id={parent}"],
     )  # fmt: skip
-    res_ft = loop.train(ft)
+    res_ft = trainer.train(ft)
     client = mlflow.MlflowClient(uri)
     versions = client.search_model_versions("name='hip-mnist'")
     assert len(versions) == 1 and versions[0].run_id == res_ft.run_id
@@ -158,7 +158,7 @@ def test_sqlite_default_uri_parent_child_and_registry(tmp_path):
 
 def test_server_pretrain_evaluate_compare(tmp_path, mlflow_server, capsys):
     out = tmp_path / "pre"
-    res = loop.train(pretrain_cfg(out, f"tracking.uri={mlflow_server}"))
+    res = trainer.train(pretrain_cfg(out, f"tracking.uri={mlflow_server}"))
     check_stage_run(mlflow_server, res.run_id)
     assert (
         hip.cli.main(
@@ -199,7 +199,7 @@ def test_unreachable_server_fails_fast(tmp_path):
     cfg = pretrain_cfg(tmp_path, f"tracking.uri=http://127.0.0.1:{free_port()}")
     t0 = time.time()
     with pytest.raises(UserError, match="unreachable"):
-        loop.train(cfg)
+        trainer.train(cfg)
     assert time.time() - t0 < 10
     assert not (tmp_path / "checkpoints").exists()
 
@@ -249,12 +249,12 @@ def test_runs_whose_process_died_are_closed_as_killed_and_compare_never_shows_th
 
 def test_a_resumed_training_reopens_its_own_mlflow_run(tmp_path):
     out = tmp_path / "runs" / "pre"
-    first = loop.train(pretrain_cfg(out, "run.stop_at_step=2", "optim.total_steps=4"))
+    first = trainer.train(pretrain_cfg(out, "run.stop_at_step=2", "optim.total_steps=4"))
     uri = tracking.tracking_uri(pretrain_cfg(out))
     client = mlflow.MlflowClient(uri)
     client.set_terminated(first.run_id, "FAILED")  # as a crash would leave it
     # The second start changes a logged param (run.stop_at_step): it keeps its first value.
-    second = loop.train(pretrain_cfg(out, "optim.total_steps=4"))
+    second = trainer.train(pretrain_cfg(out, "optim.total_steps=4"))
     assert second.run_id == first.run_id and second.step == 4
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED"
@@ -263,5 +263,5 @@ def test_a_resumed_training_reopens_its_own_mlflow_run(tmp_path):
     assert steps[0] == 1 and steps[-1] == 4
     assert len(client.search_runs([run.info.experiment_id])) == 1
     # Never resumed: a fresh start (run.resume=never) opens a new run.
-    third = loop.train(pretrain_cfg(out, "optim.total_steps=4", "run.resume=never"))
+    third = trainer.train(pretrain_cfg(out, "optim.total_steps=4", "run.resume=never"))
     assert third.run_id != first.run_id

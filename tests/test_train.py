@@ -12,9 +12,10 @@ import torch
 import hip.cli
 from hip import checkpoint as ckpt
 from hip.config import load_config
+from hip.data.dataset import builtin_dataset
 from hip.errors import UserError
-from hip.train import loop
-from hip.train.data import builtin_source
+from hip.task import get_task
+from hip.train import trainer
 from hip.train.optim import lr_factor, peak_lr
 
 QUIET = ["tracking.enabled=false", "run.progress=false"]
@@ -33,7 +34,7 @@ def make_cfg(out: Path, *extra: str, stage: str = "pretrain", name: str | None =
 
 @pytest.fixture(scope="module")
 def digits():
-    return builtin_source("digits")
+    return builtin_dataset("digits")
 
 
 def losses(result):
@@ -51,16 +52,16 @@ def test_schedule_and_peak_lr():
 
 
 def test_resume_follows_the_same_trajectory(tmp_path, digits):
-    full = loop.train(
+    full = trainer.train(
         make_cfg(tmp_path / "full", "optim.grad_accum=2", "run.checkpoint_every=3"), digits
     )
     assert full.step == 6 and len(full.history) == 6
     part = tmp_path / "part"
-    first = loop.train(
+    first = trainer.train(
         make_cfg(part, "optim.grad_accum=2", "run.checkpoint_every=2", "run.stop_at_step=3"), digits
     )
     assert first.step == 3 and Path(first.checkpoint).name == "step-00000003.pt"
-    second = loop.train(make_cfg(part, "optim.grad_accum=2", "run.checkpoint_every=2"), digits)
+    second = trainer.train(make_cfg(part, "optim.grad_accum=2", "run.checkpoint_every=2"), digits)
     assert second.step == 6
     assert losses(first) + losses(second) == losses(full)  # exact on CPU
     a, b = ckpt.load(full.checkpoint), ckpt.load(second.checkpoint)
@@ -76,14 +77,12 @@ def test_resume_follows_the_same_trajectory(tmp_path, digits):
     # metrics.jsonl holds each step once after the resume
     assert [
         r["step"]
-        for r in __import__("hip.train.metrics", fromlist=["x"]).read_metrics(
-            part / "metrics.jsonl"
-        )
+        for r in __import__("hip.runlog", fromlist=["x"]).read_metrics(part / "metrics.jsonl")
     ] == [1, 2, 3, 4, 5, 6]
 
 
 def test_checkpoint_contents_and_rebuild(tmp_path, digits):
-    res = loop.train(make_cfg(tmp_path, "optim.total_steps=2"), digits)
+    res = trainer.train(make_cfg(tmp_path, "optim.total_steps=2"), digits)
     payload = torch.load(res.checkpoint, weights_only=True)
     assert {
         "model",
@@ -107,16 +106,16 @@ def test_checkpoint_contents_and_rebuild(tmp_path, digits):
 
 
 def test_resume_never_and_explicit_path(tmp_path, digits):
-    first = loop.train(make_cfg(tmp_path, "optim.total_steps=2"), digits)
-    again = loop.train(make_cfg(tmp_path, "optim.total_steps=2", "run.resume=never"), digits)
+    first = trainer.train(make_cfg(tmp_path, "optim.total_steps=2"), digits)
+    again = trainer.train(make_cfg(tmp_path, "optim.total_steps=2", "run.resume=never"), digits)
     assert len(again.history) == 2
-    cont = loop.train(
+    cont = trainer.train(
         make_cfg(tmp_path / "other", "optim.total_steps=3", f"run.resume={first.checkpoint}"),
         digits,
     )
     assert [r["step"] for r in cont.history] == [3]
     with pytest.raises(UserError, match="no such checkpoint"):
-        loop.train(make_cfg(tmp_path, "run.resume=/nope.pt"), digits)
+        trainer.train(make_cfg(tmp_path, "run.resume=/nope.pt"), digits)
 
 
 class Evil:
@@ -142,7 +141,8 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits, monkeypatch):
-    real = loop.compute_loss
+    task = get_task("mae")
+    real = task.loss
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -150,9 +150,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits, monkeyp
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(loop, "compute_loss", flaky)
-    with pytest.raises(loop.TrainingDiverged, match=r"step 3.*step-00000002\.pt"):
-        loop.train(make_cfg(tmp_path, "run.checkpoint_every=2"), digits)
+    monkeypatch.setattr(task, "loss", flaky)
+    with pytest.raises(trainer.TrainingDiverged, match=r"step 3.*step-00000002\.pt"):
+        trainer.train(make_cfg(tmp_path, "run.checkpoint_every=2"), digits)
     names = [Path(p).name for p in ckpt.list_checkpoints(str(tmp_path / "checkpoints"))]
     assert names == ["step-00000002.pt"]
 
@@ -160,7 +160,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, digits, monkeyp
 @pytest.fixture(scope="module")
 def mnist_pretrained(tmp_path_factory):
     out = tmp_path_factory.mktemp("pre")
-    return loop.train(
+    return trainer.train(
         load_config(
             "pretrain",
             "tiny_mnist",
@@ -200,7 +200,7 @@ def test_finetune_tasks_from_pretrained(tmp_path, mnist_pretrained, source, task
             *QUIET,
         ],
     )
-    res = loop.train(cfg)
+    res = trainer.train(cfg)
     assert res.step == 2 and metric in res.eval_metrics
     assert 0.0 <= res.eval_metrics[metric] <= 1.0
     model, payload = ckpt.load_model(res.checkpoint)
@@ -218,7 +218,7 @@ def test_pretrained_mismatch_is_a_user_error(tmp_path, mnist_pretrained, digits)
     )
     cfg.data.source = "digits"
     with pytest.raises(UserError, match="pretrained"):
-        loop.train(cfg, digits)
+        trainer.train(cfg, digits)
 
 
 def test_cli_pretrain_evaluate_report(tmp_path, capsys):

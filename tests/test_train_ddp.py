@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hip import checkpoint as ckpt
-from hip.train.metrics import read_metrics
+from hip.runlog import read_metrics
 
 STEPS = 4
 

@@ -8,7 +8,7 @@ import pytest
 from hip import checkpoint as ckpt
 from hip.config import load_config
 from hip.errors import UserError
-from hip.train import loop
+from hip.train import trainer
 
 hd = pytest.importorskip("hip.data")
 
@@ -29,7 +29,7 @@ def test_pretrain_then_finetune_from_shards(tmp_path, shards):
         "run.progress=false",
         f"data.manifest={shards}",
     ]
-    pre = loop.train(
+    pre = trainer.train(
         load_config(
             "pretrain", "tiny_mnist", [f"run.out={root / 'pre'}", "optim.total_steps=3", *common]
         )
@@ -43,7 +43,7 @@ def test_pretrain_then_finetune_from_shards(tmp_path, shards):
     assert ds.dataset.name == "mnist5k" and str(shards) in ds.dataset.source
     assert '"num_rows": 6' in ds.dataset.profile  # one modality row + 4 train and 1 test shard rows
     assert {t.key: t.value for t in ds.tags}["fingerprint"] == meta["data_fingerprint"]
-    ft = loop.train(
+    ft = trainer.train(
         load_config(
             "finetune",
             "mnist",
@@ -71,8 +71,8 @@ def test_missing_eval_split_stops_before_training_and_null_skips_the_evaluation(
         f"run.out={tmp_path / 'run'}",
     ]
     with pytest.raises(UserError, match="has no split 'test'") as err:
-        loop.train(load_config("pretrain", "tiny_mnist", common))
+        trainer.train(load_config("pretrain", "tiny_mnist", common))
     assert "data.eval_split=null" in str(err.value)
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any step
-    res = loop.train(load_config("pretrain", "tiny_mnist", [*common, "data.eval_split=null"]))
+    res = trainer.train(load_config("pretrain", "tiny_mnist", [*common, "data.eval_split=null"]))
     assert res.step == 2 and res.checkpoint and res.eval_metrics == {}

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from hip.data.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, shard, verify
-from hip.data.sources import AUDIO_PRESETS, SOURCES
+from hip.data.sources import AUDIO_PRESETS, DEFAULT_SHUFFLE_SEED, SOURCES
 
 EPILOG = """examples:
   hip shard --source imagefolder --input data/mnist/train --output shards/mnist --split train
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=DEFAULT_SHUFFLE_SEED,
         help="shuffle the input order with this seed (default 0: deterministic, classes mixed)",
     )
     p.add_argument(
@@ -137,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.input, args.output, split,
         max_count=args.max_count, max_bytes=args.max_bytes, seed=args.seed, log=log, **options,
     )  # fmt: skip
-    info = manifest["splits"][split]
+    info = manifest.splits[split]
     print(
-        f"{split}: {info['num_samples']} samples, {len(info['shards'])} shard(s), "
-        f"{len(info['skipped'])} skipped -> {args.output}"
+        f"{split}: {info.num_samples} samples, {len(info.shards)} shard(s), "
+        f"{len(info.skipped)} skipped -> {args.output}"
     )
-    for s in info["skipped"][:20]:
+    for s in info.skipped[:20]:
         print(f"  skipped {s['input']}: {s['reason']}")
     return 0

@@ -46,7 +46,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hip import storage
-from hip.data.shards import iter_tar_samples, read_manifest, shard_urls
+from hip.data.manifest import Manifest, read_manifest
+from hip.data.shards import iter_tar_samples
 from hip.model.modalities import audio_to_tokens, image_to_tokens, video_to_tokens
 
 
@@ -86,10 +87,10 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 class Decoder:
     """Turns a raw sample `{ext: bytes}` into tensors checked against the manifest's shapes."""
 
-    def __init__(self, manifest: dict[str, Any], normalize: bool = False) -> None:
-        self.modalities = manifest["modalities"]
-        self.task = manifest["task"]
-        self.num_classes = len(manifest["label_names"])
+    def __init__(self, manifest: Manifest, normalize: bool = False) -> None:
+        self.modalities = manifest.modalities
+        self.task = manifest.task
+        self.num_classes = len(manifest.label_names)
         self.normalize = normalize
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +159,7 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         urls: list[str],
-        manifest: dict[str, Any],
+        manifest: Manifest,
         *,
         train: bool,
         batch_size: int,
@@ -183,9 +184,9 @@ class ShardStream(IterableDataset):
         self.handler, self.s3, self.epoch = handler, s3, 0
         self.decode = Decoder(manifest, normalize)
         self.expected = {  # samples per shard URL, to count what a broken shard loses
-            storage.join(manifest["root"], sh["name"]): int(sh.get("count", 0))
-            for info in manifest.get("splits", {}).values()
-            for sh in info.get("shards", [])
+            storage.join(str(manifest.root), sh.name): sh.count
+            for info in manifest.splits.values()
+            for sh in info.shards
         }
         self.corrupt = 0  # samples lost since the last batch (per worker process)
 
@@ -309,7 +310,7 @@ class ShardLoader(DataLoader):
 
 
 def loader(
-    manifest_or_path: dict[str, Any] | str | Path,
+    manifest_or_path: Manifest | str | Path,
     split: str,
     batch_size: int,
     train: bool,
@@ -332,10 +333,10 @@ def loader(
     """
     manifest = (
         manifest_or_path
-        if isinstance(manifest_or_path, dict)
+        if isinstance(manifest_or_path, Manifest)
         else read_manifest(manifest_or_path, s3)
     )
-    urls = shard_urls(manifest, split)
+    urls = manifest.shard_urls(split)
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     rank, world_size = _rank_world(rank, world_size)
@@ -343,7 +344,7 @@ def loader(
     per_worker = None
     if train:
         if batches_per_epoch is None:
-            n = manifest["splits"][split]["num_samples"]
+            n = manifest.splits[split].num_samples
             batches_per_epoch = max(1, n // (world_size * batch_size))
         per_worker = math.ceil(batches_per_epoch / workers)
         batches_per_epoch = per_worker * workers

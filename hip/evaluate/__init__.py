@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,9 +50,37 @@ def evaluate_model(
         model.train(was_training)
 
 
+@dataclass
+class Evaluator:
+    """The trainer's end-of-training evaluation: one split of a data set, scored by its task."""
+
+    source: Any
+    task: str
+    split: str = "test"
+    batch_size: int = 32
+    device: torch.device | str = "cpu"
+    max_batches: int | None = None  # run.eval_batches: a cap for quick runs (None: all)
+    limit: int | None = None
+    seed: int = 0
+
+    def __call__(self, model: nn.Module) -> EvalResult:
+        """Evaluate `model` (unwrapped) on the split."""
+        return evaluate_model(
+            model,
+            self.source,
+            self.task,
+            split=self.split,
+            batch_size=self.batch_size,
+            device=self.device,
+            max_batches=self.max_batches,
+            limit=self.limit,
+            seed=self.seed,
+        )
+
+
 def primary_metric(task: str) -> str:
     """The headline metric of a task (what `hip compare` sorts by)."""
     return get_task(task).headline
 
 
-__all__ = ["EvalResult", "evaluate_model", "primary_metric"]
+__all__ = ["EvalResult", "Evaluator", "evaluate_model", "primary_metric"]

@@ -58,7 +58,9 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_reconstructions(result: EvalResult, out: Path) -> Path | None:
+def plot_reconstructions(
+    result: EvalResult, out: Path, name: str = "reconstructions.png"
+) -> Path | None:
     """Original / masked input / reconstruction side by side (grey images for 1 channel)."""
     rec = result.reconstructions
     if not rec or not result.modalities:
@@ -96,7 +98,7 @@ def plot_reconstructions(result: EvalResult, out: Path) -> Path | None:
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=9)
-    return _save(fig, out / "reconstructions.png")
+    return _save(fig, out / name)
 
 
 def plot_confusion(result: EvalResult, out: Path) -> Path | None:

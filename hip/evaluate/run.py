@@ -12,12 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from hip import checkpoint as ckpt
 from hip.config import from_dict, validate
+from hip.data.dataset import open_dataset
 from hip.distributed import pick_device
 from hip.errors import UserError
 from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
-from hip.train.data import open_source
-from hip.train.metrics import read_metrics
+from hip.runlog import read_metrics
 
 
 @dataclass
@@ -105,7 +105,7 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     task = meta["task"]
     device = pick_device(str(cfg.run.device))
     model.to(device)
-    source = open_source(cfg.data)
+    source = open_dataset(cfg.data)
     if not (cfg.eval.split or cfg.data.eval_split):
         raise UserError("nothing to evaluate on: set eval.split (or data.eval_split) to a split")
     split = str(cfg.eval.split or cfg.data.eval_split)

@@ -13,8 +13,6 @@ from hip.model.blocks import CrossAttention
 from hip.model.hip import HiP, Modalities, create_model
 from hip.model.layers import layer_norm, linear, trunc_normal_fan_in_
 
-TASKS = ("classification", "multilabel", "segmentation")
-
 
 class HiPClassifier(nn.Module):
     """Encoder + processor, then a Perceiver IO style decoder: learned queries read the processor.
@@ -90,14 +88,23 @@ def create_task_model(
     **overrides: Any,
 ) -> HiPClassifier | HiPSegmenter:
     """Build a finetuning model: `task` is classification, multilabel or segmentation."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task not in HEADS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(HEADS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if task == "segmentation":
-        return HiPSegmenter(create_model(preset, modalities, **overrides), num_classes)
-    backbone = create_model(preset, modalities, with_decoder=False, **overrides)
-    return HiPClassifier(backbone, num_classes, multilabel=task == "multilabel")
+    head, with_decoder, options = HEADS[task]
+    backbone = create_model(
+        preset, modalities, **({} if with_decoder else {"with_decoder": False}), **overrides
+    )
+    return head(backbone, num_classes, **options)
+
+
+# The head each finetuning task type puts on the backbone: (class, needs the decoder, options).
+HEADS: dict[str, tuple[type, bool, dict[str, Any]]] = {
+    "classification": (HiPClassifier, False, {}),
+    "multilabel": (HiPClassifier, False, {"multilabel": True}),
+    "segmentation": (HiPSegmenter, True, {}),
+}
 
 
 def backbone_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

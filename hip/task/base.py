@@ -53,6 +53,9 @@ class Task:
         """The training loss of one batch (`model` may be wrapped by DDP/FSDP/compile)."""
         raise NotImplementedError
 
+    def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
+        """Raise LabelRangeError when the batch's labels do not fit `num_classes` classes."""
+
     def evaluate(
         self,
         model: nn.Module,
@@ -74,3 +77,14 @@ class Task:
 def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Float32 copies of a batch's input modalities on `device`."""
     return {k: v.to(device).float() for k, v in inputs.items()}
+
+
+def label_range_error(where: str, what: str, value: int, num_classes: int, key: str = "") -> Any:
+    """The error for a label outside 0..num_classes-1 (`key`: the sample's, when known)."""
+    from hip.errors import LabelRangeError
+
+    first = f" (sample {key!r})" if key else ""
+    return LabelRangeError(
+        f"{where}: {what} {value} is outside 0..{num_classes - 1}{first}; the data names "
+        f"{num_classes} classes: fix the labels, or re-shard so label_names covers them"
+    )

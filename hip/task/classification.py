@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from hip.task.base import EvalResult
+from hip.task.base import EvalResult, label_range_error
 from hip.task.metrics import confusion_matrix, topk_correct
 from hip.task.supervised import HeadTask
 
@@ -23,6 +23,18 @@ class ClassificationTask(HeadTask):
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         """Class indices `[B]`."""
         return batch["label"].long()
+
+    def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
+        """Every class index in 0..num_classes-1."""
+        label = batch.get("label")
+        if label is None or label.ndim != 1:
+            return
+        bad = (label < 0) | (label >= num_classes)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            keys = batch.get("key")
+            key = keys[i] if keys is not None else ""
+            raise label_range_error(where, "label", int(label[i]), num_classes, key)
 
     def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
         """Top-k hits and, for up to MAX_CONFUSION_CLASSES classes, the confusion matrix."""

@@ -23,6 +23,18 @@ class MultilabelTask(HeadTask):
         """Multi-hot labels `[B, K]` as floats."""
         return batch["label"].float()
 
+    def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
+        """Multi-hot vectors of exactly num_classes entries."""
+        from hip.errors import LabelRangeError
+
+        label = batch.get("label")
+        if label is None or label.ndim != 2 or label.shape[1] == num_classes:
+            return
+        raise LabelRangeError(
+            f"{where}: multi-hot labels have {label.shape[1]} classes, the data names "
+            f"{num_classes}; the manifest's label_names and the shards disagree"
+        )
+
     def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
         """Keep the scores and targets: AP needs the whole ranking."""
         state.setdefault("scores", []).append(torch.sigmoid(logits).cpu().numpy())

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from hip.errors import UserError
-from hip.task.base import EvalResult
+from hip.task.base import EvalResult, label_range_error
 from hip.task.metrics import confusion_matrix, iou_per_class, mean_iou
 from hip.task.supervised import HeadTask
 
@@ -26,6 +26,15 @@ class SegmentationTask(HeadTask):
         if "mask" not in batch:
             raise UserError("segmentation needs batches with a per-position 'mask'")
         return batch["mask"].long()
+
+    def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
+        """Every mask value in 0..num_classes-1, or the ignore index."""
+        mask = batch.get("mask")
+        if mask is None:
+            return
+        bad = (mask < 0) | ((mask >= num_classes) & (mask != IGNORE_INDEX))
+        if bool(bad.any()):
+            raise label_range_error(where, "mask class", int(mask[bad][0]), num_classes)
 
     def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
         """The confusion matrix over labelled positions."""

@@ -15,7 +15,7 @@ def __getattr__(name: str) -> Any:
 
         return load_model
     if name in ("TrainResult", "TrainingDiverged", "train"):
-        from hip.train import loop
+        from hip.train import trainer
 
-        return getattr(loop, name)
+        return getattr(trainer, name)
     raise AttributeError(f"module 'hip.train' has no attribute {name!r}")

@@ -52,7 +52,7 @@ def _print_result(stage: str, result: Any) -> None:
 
 def _train_and_report(stage: str, cfg: Any) -> int:
     """Train `cfg`; rank 0 prints the result, every rank its batch count when distributed."""
-    from hip.train.loop import train
+    from hip.train.trainer import train
 
     result = train(cfg)
     if result.rank == 0:

