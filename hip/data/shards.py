@@ -375,6 +375,272 @@ def remove_stale_temp(output: str | Path, split: str) -> list[str]:
     return removed
 
 
+def _check_options(
+    options: dict[str, Any], split: str, max_count: int, max_bytes: int
+) -> SourceOptions:
+    """Validate the shard options and turn them into SourceOptions (sizes parsed)."""
+    fields = {f.name for f in dataclasses.fields(SourceOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UserError(f"unknown shard option(s): {', '.join(unknown)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    for k in ("resize", "video_size"):
+        if k in options:
+            options[k] = _parse_size(options[k])
+    opts = SourceOptions(**options)
+    if opts.image_format not in {"png", "jpeg"}:
+        raise UserError(f"--image-format must be png or jpeg, not {opts.image_format!r}")
+    if max_count < 1 or max_bytes < 1:
+        raise UserError("--max-count and --max-bytes must be positive")
+    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
+        raise UserError(f"split name must be letters, digits or _, not {split!r}")
+    return opts
+
+
+def _read_existing(manifest_uri: str, output: str, s3: storage.S3Config | None) -> Manifest | None:
+    """The manifest already in `output`, or None; a foreign `manifest.json` is an error."""
+    old_json = _load_json(manifest_uri, s3)
+    if old_json and (not isinstance(old_json, dict) or old_json.get("format") != FORMAT):
+        raise UserError(f"{manifest_uri} exists and is not a {FORMAT} manifest")
+    return Manifest.from_json(old_json, output) if old_json else None
+
+
+def _up_to_date(entry: SplitInfo | None, fp: str, output: str, s3: storage.S3Config | None) -> bool:
+    """Whether the manifest's split was written from the same inputs and all its shards verify."""
+    return (
+        entry is not None
+        and entry.fingerprint == fp
+        and all(
+            _shard_ok(storage.join(output, s.name), s.sha256, s.bytes, s3) for s in entry.shards
+        )
+    )
+
+
+@dataclasses.dataclass
+class _Pending:
+    """The shard being filled: its tar members, size, sample count, first item and skips."""
+
+    start: int
+    members: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
+    size: int = 0
+    count: int = 0
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    stats: _Stats = dataclasses.field(default_factory=_Stats)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """A split's finished shard records and sample spec, saved to its progress file after each."""
+
+    output: str
+    split: str
+    fingerprint: str
+    s3: storage.S3Config | None
+    done: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    spec: dict[str, Any] | None = None
+
+    @property
+    def uri(self) -> str:
+        return storage.join(self.output, f"_progress-{self.split}.json")
+
+    def resume(self, log: Callable[[str], None]) -> int:
+        """Keep the recorded shards that still verify (same fingerprint); returns the next item."""
+        progress = _load_json(self.uri, self.s3) or {}
+        if progress.get("fingerprint") == self.fingerprint:
+            for rec in progress.get("shards", []):
+                uri = storage.join(self.output, rec["name"])
+                if not _shard_ok(uri, rec["sha256"], rec["bytes"], self.s3):
+                    break
+                self.done.append(rec)
+            if self.done:
+                log(f"{self.split}: resuming after {len(self.done)} verified shard(s)")
+        self.spec = progress.get("spec") if self.done else None
+        return self.done[-1]["end_item"] if self.done else 0
+
+    def flush(self, pending: _Pending, end: int, log: Callable[[str], None]) -> None:
+        """Write `pending` as the next shard, then record it in the progress file."""
+        name = shard_name(self.split, len(self.done))
+        data = build_tar(pending.members)
+        storage.write_bytes(storage.join(self.output, name), data, self.s3)
+        rec = {
+            "name": name, "count": pending.count, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "start_item": pending.start,
+            "end_item": end, "skipped": pending.skipped, "stats": dataclasses.asdict(pending.stats),
+        }  # fmt: skip
+        self.done.append(rec)
+        storage.write_bytes(
+            self.uri,
+            _dump({"fingerprint": self.fingerprint, "spec": self.spec, "shards": self.done}),
+            self.s3,
+        )
+        log(f"{self.split}: wrote {name} ({pending.count} samples, {len(data)} bytes)")
+
+
+def _write_items(
+    progress: _Progress,
+    items: list[Item],
+    position: int,
+    task: str,
+    opts: SourceOptions,
+    max_count: int,
+    max_bytes: int,
+    log: Callable[[str], None],
+) -> None:
+    """Decode and encode `items[position:]`, writing a shard each time one is full.
+
+    An input that fails to decode, or whose shape/format differs from the first sample's,
+    is recorded as skipped in the shard being filled.
+    """
+    pending = _Pending(position)
+    for i in range(position, len(items)):
+        item = items[i]
+        try:
+            raw = item.load()
+            s = _spec(raw, opts)
+            if not s:
+                raise ValueError("no modality decoded")
+            enc = _encode(item, raw, task, opts)
+        except Exception as exc:  # noqa: BLE001 - any bad input is reported and skipped
+            pending.skipped.append({"input": item.origin, "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        if progress.spec is None:
+            progress.spec = s
+        elif s != progress.spec:
+            spec = progress.spec
+            diff = {
+                k: s.get(k, {}).get("shape") for k in set(s) | set(spec) if s.get(k) != spec.get(k)
+            }
+            pending.skipped.append(
+                {
+                    "input": item.origin,
+                    "reason": f"shape/format {diff} differs from the first sample's; pass --resize / --clip-seconds",
+                }
+            )
+            continue
+        nbytes = sum(_member_bytes(len(d)) for _, d in enc)
+        if pending.count and (pending.count >= max_count or pending.size + nbytes > max_bytes):
+            progress.flush(pending, i, log)
+            pending = _Pending(i)
+        pending.members.extend(enc)
+        pending.size += nbytes
+        pending.count += 1
+        pending.stats.add(raw)
+    if pending.count:
+        progress.flush(pending, len(items), log)
+    elif pending.skipped:
+        progress.done.append({"name": None, "skipped": pending.skipped, "count": 0})
+
+
+def _split_entry(
+    source: str,
+    src: Source,
+    input: str | Path | None,
+    opts: SourceOptions,
+    progress: _Progress,
+    now: str,
+    max_count: int,
+    max_bytes: int,
+    seed: int | None,
+) -> SplitInfo:
+    """The manifest entry of the written split; an error if no sample could be read."""
+    all_skipped = list(src.skipped) + [s for r in progress.done for s in r.get("skipped", [])]
+    shards = [
+        ShardInfo(r["name"], r["count"], r["bytes"], r["sha256"])
+        for r in progress.done
+        if r.get("name")
+    ]
+    if not shards or progress.spec is None:
+        reasons = "; ".join(f"{s['input']}: {s['reason']}" for s in all_skipped[:5])
+        raise UserError(
+            f"{source}: no readable samples for split {progress.split!r} (e.g. {reasons})"
+        )
+    return SplitInfo(
+        num_samples=sum(s.count for s in shards),
+        shards=shards,
+        skipped=all_skipped,
+        source={
+            "type": src.type,
+            "input": None if input is None else str(input),
+            **src.description,
+        },
+        options={
+            **dataclasses.asdict(opts),
+            "max_count": max_count,
+            "max_bytes": max_bytes,
+            "seed": seed,
+        },
+        fingerprint=progress.fingerprint,
+        created=now,
+    )
+
+
+def _new_manifest(
+    src: Source, spec: dict[str, Any], done: list[dict[str, Any]], now: str
+) -> Manifest:
+    """The manifest of this split alone: task, labels, modalities (with image mean/std), targets."""
+    total = _Stats()
+    for r in done:
+        if "stats" in r:
+            total.merge(r["stats"])
+    label_names = list(src.label_names)
+    if src.task == "segmentation" and not label_names:
+        label_names = [str(i) for i in range(total.mask_max + 1)]
+    modalities = json.loads(json.dumps(spec))
+    if "image" in modalities and total.n:
+        mean = [a / total.n for a in total.s]
+        modalities["image"]["mean"] = mean
+        modalities["image"]["std"] = [
+            max(b / total.n - m * m, 0.0) ** 0.5 for b, m in zip(total.ss, mean, strict=True)
+        ]
+    targets: dict[str, Any] = {}
+    if src.task == "segmentation":
+        img = spec["image"]
+        targets = {
+            "mask": {"shape": [img["height"] * img["width"]], "dtype": "int64", "ignore_index": 255}
+        }
+    return Manifest(
+        format=FORMAT,
+        tool="hip",
+        tool_version=hip.__version__,
+        created=now,
+        task=src.task,
+        label_names=label_names,
+        num_classes=len(label_names),
+        modalities={k: {kk: vv for kk, vv in v.items()} for k, v in modalities.items()},
+        targets=targets,
+        splits={},
+    )
+
+
+def _merge_existing(manifest: Manifest, old: Manifest, split: str, manifest_uri: str) -> None:
+    """Carry `old`'s other splits into `manifest`; a task, label or shape mismatch is an error."""
+    modalities = manifest.modalities
+    for key in ("task", "label_names"):
+        if getattr(old, key) != getattr(manifest, key) and set(old.splits) - {split}:
+            raise UserError(
+                f"{manifest_uri}: existing splits have {key}={getattr(old, key)!r}, this "
+                f"split has {getattr(manifest, key)!r}; write to another output"
+            )
+    manifest.splits = {k: v for k, v in old.splits.items() if k != split}
+    for k, v in old.modalities.items():
+        if k in modalities and v.get("shape") != modalities[k]["shape"] and manifest.splits:
+            raise UserError(
+                f"{manifest_uri}: modality {k} shape {v.get('shape')} differs from {modalities[k]['shape']}"
+            )
+    if split != "train" and "train" in manifest.splits:
+        manifest.modalities = {
+            k: {
+                **modalities[k],
+                **{
+                    s: old.modalities[k][s]
+                    for s in ("mean", "std")
+                    if s in old.modalities.get(k, {})
+                },
+            }
+            for k in modalities
+        }  # mean/std come from the train split when it exists
+
+
 def shard(
     source: str,
     input: str | Path | None,
@@ -400,21 +666,7 @@ def shard(
     segments_csv, class_index_csv, mask_mode). Returns the manifest (with `root`).
     """
     log = log or (lambda msg: None)
-    fields = {f.name for f in dataclasses.fields(SourceOptions)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise UserError(f"unknown shard option(s): {', '.join(unknown)}")
-    options = {k: v for k, v in options.items() if v is not None}
-    for k in ("resize", "video_size"):
-        if k in options:
-            options[k] = _parse_size(options[k])
-    opts = SourceOptions(**options)
-    if opts.image_format not in {"png", "jpeg"}:
-        raise UserError(f"--image-format must be png or jpeg, not {opts.image_format!r}")
-    if max_count < 1 or max_bytes < 1:
-        raise UserError("--max-count and --max-bytes must be positive")
-    if not re.fullmatch(r"[A-Za-z0-9_]+", split):
-        raise UserError(f"split name must be letters, digits or _, not {split!r}")
+    opts = _check_options(options, split, max_count, max_bytes)
     output = str(output)
     if storage.is_s3(output):
         storage.check_bucket(output, s3)
@@ -427,187 +679,28 @@ def shard(
 
     for stale in remove_stale_temp(output, split):
         log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
+    progress = _Progress(output, split, fp, s3)
     manifest_uri = storage.join(output, MANIFEST)
-    old_json = _load_json(manifest_uri, s3)
-    if old_json and (not isinstance(old_json, dict) or old_json.get("format") != FORMAT):
-        raise UserError(f"{manifest_uri} exists and is not a {FORMAT} manifest")
-    old = Manifest.from_json(old_json, output) if old_json else None
-    old_split = old.splits.get(split) if old else None
-    if (
-        old is not None
-        and old_split is not None
-        and old_split.fingerprint == fp
-        and all(
-            _shard_ok(storage.join(output, s.name), s.sha256, s.bytes, s3) for s in old_split.shards
-        )
-    ):
-        log(f"{split}: up to date ({len(old_split.shards)} shards verify)")
+    old = _read_existing(manifest_uri, output, s3)
+    if old is not None and _up_to_date(old.splits.get(split), fp, output, s3):
+        log(f"{split}: up to date ({len(old.splits[split].shards)} shards verify)")
         if not storage.is_s3(output):  # a run killed after its manifest left this behind
-            storage.delete(storage.join(output, f"_progress-{split}.json"))
+            storage.delete(progress.uri)
         return old
 
-    progress_uri = storage.join(output, f"_progress-{split}.json")
-    progress = _load_json(progress_uri, s3) or {}
-    done: list[dict[str, Any]] = []
-    if progress.get("fingerprint") == fp:
-        for rec in progress.get("shards", []):
-            if not _shard_ok(storage.join(output, rec["name"]), rec["sha256"], rec["bytes"], s3):
-                break
-            done.append(rec)
-        if done:
-            log(f"{split}: resuming after {len(done)} verified shard(s)")
-    position = done[-1]["end_item"] if done else 0
-    spec: dict[str, Any] | None = progress.get("spec") if done else None
+    position = progress.resume(log)
+    _write_items(progress, items, position, src.task, opts, max_count, max_bytes, log)
 
-    def flush(
-        members: list[tuple[str, bytes]],
-        count: int,
-        start: int,
-        end: int,
-        skipped: list,
-        stats: _Stats,
-    ) -> None:
-        name = shard_name(split, len(done))
-        data = build_tar(members)
-        storage.write_bytes(storage.join(output, name), data, s3)
-        rec = {
-            "name": name, "count": count, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "start_item": start, "end_item": end,
-            "skipped": skipped, "stats": dataclasses.asdict(stats),
-        }  # fmt: skip
-        done.append(rec)
-        storage.write_bytes(
-            progress_uri, _dump({"fingerprint": fp, "spec": spec, "shards": done}), s3
-        )
-        log(f"{split}: wrote {name} ({count} samples, {len(data)} bytes)")
-
-    members: list[tuple[str, bytes]] = []
-    size, count, start, skipped, stats = 0, 0, position, [], _Stats()
-    for i in range(position, len(items)):
-        item = items[i]
-        try:
-            raw = item.load()
-            s = _spec(raw, opts)
-            if not s:
-                raise ValueError("no modality decoded")
-            enc = _encode(item, raw, src.task, opts)
-        except Exception as exc:  # noqa: BLE001 - any bad input is reported and skipped
-            skipped.append({"input": item.origin, "reason": f"{type(exc).__name__}: {exc}"})
-            continue
-        if spec is None:
-            spec = s
-        elif s != spec:
-            diff = {
-                k: s.get(k, {}).get("shape") for k in set(s) | set(spec) if s.get(k) != spec.get(k)
-            }
-            skipped.append(
-                {
-                    "input": item.origin,
-                    "reason": f"shape/format {diff} differs from the first sample's; pass --resize / --clip-seconds",
-                }
-            )
-            continue
-        nbytes = sum(_member_bytes(len(d)) for _, d in enc)
-        if count and (count >= max_count or size + nbytes > max_bytes):
-            flush(members, count, start, i, skipped, stats)
-            members, size, count, start, skipped, stats = [], 0, 0, i, [], _Stats()
-        members.extend(enc)
-        size += nbytes
-        count += 1
-        stats.add(raw)
-    if count:
-        flush(members, count, start, len(items), skipped, stats)
-    elif skipped:
-        done.append({"name": None, "skipped": skipped, "count": 0})
-
-    all_skipped = list(src.skipped) + [s for rec in done for s in rec.get("skipped", [])]
-    shards = [
-        ShardInfo(r["name"], r["count"], r["bytes"], r["sha256"]) for r in done if r.get("name")
-    ]
-    if not shards or spec is None:
-        reasons = "; ".join(f"{s['input']}: {s['reason']}" for s in all_skipped[:5])
-        raise UserError(f"{source}: no readable samples for split {split!r} (e.g. {reasons})")
-    total = _Stats()
-    for r in done:
-        if "stats" in r:
-            total.merge(r["stats"])
-    label_names = list(src.label_names)
-    if src.task == "segmentation" and not label_names:
-        label_names = [str(i) for i in range(total.mask_max + 1)]
-    modalities = json.loads(json.dumps(spec))
-    if "image" in modalities and total.n:
-        mean = [a / total.n for a in total.s]
-        modalities["image"]["mean"] = mean
-        modalities["image"]["std"] = [
-            max(b / total.n - m * m, 0.0) ** 0.5 for b, m in zip(total.ss, mean, strict=True)
-        ]
-    targets: dict[str, Any] = {}
-    if src.task == "segmentation":
-        img = spec["image"]
-        targets = {
-            "mask": {"shape": [img["height"] * img["width"]], "dtype": "int64", "ignore_index": 255}
-        }
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    split_entry = SplitInfo(
-        num_samples=sum(s.count for s in shards),
-        shards=shards,
-        skipped=all_skipped,
-        source={
-            "type": src.type,
-            "input": None if input is None else str(input),
-            **src.description,
-        },
-        options={
-            **dataclasses.asdict(opts),
-            "max_count": max_count,
-            "max_bytes": max_bytes,
-            "seed": seed,
-        },
-        fingerprint=fp,
-        created=now,
-    )
-    manifest = Manifest(
-        format=FORMAT,
-        tool="hip",
-        tool_version=hip.__version__,
-        created=now,
-        task=src.task,
-        label_names=label_names,
-        num_classes=len(label_names),
-        modalities={k: {kk: vv for kk, vv in v.items()} for k, v in modalities.items()},
-        targets=targets,
-        splits={},
-    )
+    entry = _split_entry(source, src, input, opts, progress, now, max_count, max_bytes, seed)
+    manifest = _new_manifest(src, progress.spec, progress.done, now)
     if old is not None:
-        for key in ("task", "label_names"):
-            if getattr(old, key) != getattr(manifest, key) and set(old.splits) - {split}:
-                raise UserError(
-                    f"{manifest_uri}: existing splits have {key}={getattr(old, key)!r}, this "
-                    f"split has {getattr(manifest, key)!r}; write to another output"
-                )
-        manifest.splits = {k: v for k, v in old.splits.items() if k != split}
-        for k, v in old.modalities.items():
-            if k in modalities and v.get("shape") != modalities[k]["shape"] and manifest.splits:
-                raise UserError(
-                    f"{manifest_uri}: modality {k} shape {v.get('shape')} differs from {modalities[k]['shape']}"
-                )
-        if split != "train" and "train" in manifest.splits:
-            manifest.modalities = {
-                k: {
-                    **modalities[k],
-                    **{
-                        s: old.modalities[k][s]
-                        for s in ("mean", "std")
-                        if s in old.modalities.get(k, {})
-                    },
-                }
-                for k in modalities
-            }  # mean/std come from the train split when it exists
-    manifest.splits[split] = split_entry
+        _merge_existing(manifest, old, split, manifest_uri)
+    manifest.splits[split] = entry
     manifest.splits = dict(sorted(manifest.splits.items()))
     manifest.write(output, s3)
-    storage.delete(progress_uri, s3)
+    storage.delete(progress.uri, s3)
     log(
-        f"{split}: {split_entry.num_samples} samples in {len(shards)} shard(s), {len(all_skipped)} skipped"
+        f"{split}: {entry.num_samples} samples in {len(entry.shards)} shard(s), {len(entry.skipped)} skipped"
     )
     return manifest
