@@ -18,7 +18,7 @@ from flows.config import PipelineConfig, load_pipeline, tracking_uri
 from hip import checkpoint as ckpt
 from hip import storage, tracking
 from hip.errors import UserError
-from tasks.data import shard_dataset
+from tasks.data import shard_split
 from tasks.evaluation import evaluate_checkpoint
 from tasks.registry import champion_of, promote_if_better
 from tasks.training import run_training
@@ -52,7 +52,7 @@ def shard_flow(p: PipelineConfig) -> dict[str, dict[str, Any]]:
     results = {}
     for ds in p.datasets:
         for split in ds.splits:
-            results[f"{ds.name}/{split}"] = shard_dataset(
+            results[f"{ds.name}/{split}"] = shard_split(
                 ds.source, ds.input, _work(p, "shards", ds.name), split, dict(ds.options)
             )
     return results

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,23 +41,12 @@ def input_fingerprint(source: str, input: str | None, split: str, options: dict[
 
 
 def _cache_key(context: Any, params: dict[str, Any]) -> str:
-    """The result cache key of one split's sharding, or a fresh key when the cache can't hold.
-
-    A cached result is only valid while what it produced is still there and intact: this
-    split in the manifest (another split's run may have rewritten the manifest without it),
-    every shard it lists present with the listed size, and the same inputs. The key covers
-    the input fingerprint and the split's own manifest entry (its fingerprint and shards), so
-    any change to either misses the cache and the task runs (hip.data resumes or no-ops).
-    """
-    info = hdata.intact_split(params["output"], params["split"])
-    if info is None:
-        return f"missing-{uuid.uuid4()}"
+    """The result cache key of one split's sharding: its inputs, options, output and split."""
     fp = input_fingerprint(
         params["source"], params.get("input"), params["split"], params.get("options") or {}
     )
-    written = json.dumps([info.fingerprint, [(s.name, s.bytes, s.sha256) for s in info.shards]])
-    parts = [params["output"], params["split"], written]
-    return f"shard-{fp}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]}"
+    where = json.dumps([params["output"], params["split"]])
+    return f"shard-{fp}-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
 
 
 @task(
@@ -89,3 +77,20 @@ def shard_dataset(
         "shards": len(info.shards),
         "fingerprint": str(info.fingerprint),
     }
+
+
+def shard_split(
+    source: str, input: str | None, output: str, split: str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Shard one split through the cached task, trusting the cache only while it holds.
+
+    A cached result is valid only while what it produced is still there and intact: this split
+    in the manifest (a re-run of another split may have rewritten the manifest without it), and
+    every shard it lists present at its listed size; the inputs are in the cache key. Otherwise
+    the task runs (hip.data resumes or finds the shards up to date) and its result replaces the
+    cached one.
+    """
+    intact = hdata.intact_split(output, split) is not None
+    return shard_dataset.with_options(refresh_cache=not intact)(
+        source, input, output, split, options
+    )

@@ -129,7 +129,8 @@ HIP_CASES = [
     ("stage-task-mismatch", ["finetune", "-b", "mnist", "task.type=mae"], 2,
      "finetune needs task.type"),
     # wrong modality shapes and odd image sizes
-    ("1x1-images", ["pretrain", "data.manifest={T}/one_shards", "run.out={T}/r1", *QUICK], 2,
+    ("1x1-images", ["pretrain", "data.manifest={T}/one_shards", "data.eval_split=null",
+                    "run.out={T}/r1", *QUICK], 2,
      "has 1 element(s) but is cut into 16 groups"),
     ("evaluate-wrong-shape", ["evaluate", "--checkpoint", "{CKPT}", "data.manifest={T}/grey_shards",
                               "eval.split=train", "tracking.enabled=false"], 2,

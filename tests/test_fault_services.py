@@ -60,7 +60,9 @@ def test_mlflow_lost_mid_training_buffers_and_flushes(tmp_path, monkeypatch):
             super().log_metrics(metrics, step)
 
     monkeypatch.setattr(
-        tracking, "start_stage", lambda cfg, stage, is_main, source: Outage(cfg, stage, source)
+        tracking,
+        "start_stage",
+        lambda cfg, stage, is_main, source, run_dir=None: Outage(cfg, stage, source, run_dir),
     )
     cfg = pretrain_cfg(
         tmp_path / "pre", f"tracking.uri={uri}", f"optim.total_steps={STEPS}",

@@ -143,6 +143,21 @@ def test_sharding_is_cached_by_input_fingerprint(pipeline_run):
 
 
 @pytest.mark.slow
+def test_a_split_dropped_from_the_manifest_is_resharded_not_taken_from_the_cache(pipeline_run):
+    from flows.hip_flow import hip
+
+    manifest_path = pipeline_run["work"] / "shards" / "digits" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    test_split = manifest["splits"].pop("test")
+    manifest_path.write_text(json.dumps(manifest))  # as a re-run of the train split alone left it
+    state = hip(stage="shard", pipeline=str(pipeline_run["yaml"]), return_state=True)
+    assert state.is_completed()
+    restored = json.loads(manifest_path.read_text())["splits"]["test"]
+    assert restored["shards"] == test_split["shards"]  # written again, the same bytes
+    assert state.result()["digits/test"]["samples"] == test_split["num_samples"]
+
+
+@pytest.mark.slow
 def test_champion_moves_only_when_the_metric_improves(harness, tmp_path):
     from tasks.registry import champion_of, promote_if_better
 

@@ -18,41 +18,38 @@ def output(tmp_path):
     return out
 
 
-def _key(output, split: str) -> str:
+def _key(output, split: str, **options) -> str:
     params = {"source": "mnist5k", "input": None, "output": str(output), "split": split}
-    return _cache_key(None, {**params, "options": {"limit": 3, "max_count": 10}})
+    return _cache_key(None, {**params, "options": {"limit": 3, "max_count": 10, **options}})
 
 
-def test_an_intact_split_keeps_its_cache_key(output):
+def test_an_intact_split_is_found_with_its_entry(output):
     assert hd.intact_split(output, "train").num_samples == 30
-    assert _key(output, "train") == _key(output, "train")
-    assert _key(output, "train").startswith("shard-")
+    assert hd.intact_split(output, "test").num_samples == 10
 
 
-def test_a_split_missing_from_a_rewritten_manifest_misses_the_cache(output):
+def test_a_split_missing_from_a_rewritten_manifest_is_not_intact(output):
     # What `rm -rf outputs` + a re-run of the train split alone left: a manifest without test.
     manifest = json.loads((output / "manifest.json").read_text())
     del manifest["splits"]["test"]
     (output / "manifest.json").write_text(json.dumps(manifest))
     assert hd.intact_split(output, "test") is None
-    assert _key(output, "test").startswith("missing-")
-    assert _key(output, "test") != _key(output, "test")  # never a hit
+    assert hd.intact_split(output, "train") is not None
 
 
-def test_a_missing_or_resized_shard_misses_the_cache(output):
-    before = _key(output, "train")
+def test_a_missing_or_resized_shard_is_not_intact_until_resharded(output):
     shard = output / "train-000001.tar"
     shard.write_bytes(shard.read_bytes()[:-512])
     assert hd.intact_split(output, "train") is None
-    assert _key(output, "train").startswith("missing-")
     shard.unlink()
-    assert _key(output, "train").startswith("missing-")
-    hd.shard("mnist5k", None, output, "train", limit=3, max_count=10)  # rewritten, same bytes
-    assert _key(output, "train") == before
-
-
-def test_a_resharded_split_changes_the_cache_key(output):
-    before = _key(output, "train")
-    hd.shard("mnist5k", None, output, "train", limit=3, max_count=7)  # other shard boundaries
+    assert hd.intact_split(output, "train") is None
+    hd.shard("mnist5k", None, output, "train", limit=3, max_count=10)  # resumes, same bytes
     assert hd.intact_split(output, "train") is not None
-    assert _key(output, "train") != before
+    assert hd.intact_split(tmp := output / "nothing-here", "train") is None and not tmp.exists()
+
+
+def test_the_cache_key_follows_inputs_options_output_and_split(output, tmp_path):
+    assert _key(output, "train") == _key(output, "train")  # stable across runs
+    assert _key(output, "train") != _key(output, "test")
+    assert _key(output, "train") != _key(output, "train", max_count=7)
+    assert _key(output, "train") != _key(tmp_path / "elsewhere", "train")

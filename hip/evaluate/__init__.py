@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hip.task import EvalResult, get_task
+from hip.task.base import EmptySplit
 
 
 @torch.no_grad()
@@ -44,8 +45,8 @@ def evaluate_model(
             seed=seed,
             num_reconstructions=num_reconstructions,
         )
-    except ValueError as exc:
-        raise ValueError(f"split {split!r}: {exc}") from None
+    except EmptySplit:
+        raise EmptySplit(f"split {split!r} has no samples") from None
     finally:
         model.train(was_training)
 

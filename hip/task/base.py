@@ -29,6 +29,10 @@ class EvalResult:
     modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
+class EmptySplit(ValueError):
+    """The split to evaluate yielded no samples."""
+
+
 class Task:
     """A task type. Subclasses set the class attributes and implement the methods."""
 

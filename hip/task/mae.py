@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hip.task.base import EvalResult, Task, to_device
+from hip.task.base import EmptySplit, EvalResult, Task, to_device
 
 
 class MAETask(Task):
@@ -68,7 +68,7 @@ class MAETask(Task):
                 sums[k] = x if k not in sums else sums[k] + x
             count += next(iter(batch["inputs"].values())).shape[0]
         if count == 0:
-            raise ValueError("the split has no samples")
+            raise EmptySplit("has no samples")
         means = {k: (sums[k] / count).float() for k in names}
         gen = torch.Generator().manual_seed(seed + 12345)
         err = base = gbase = loss_sum = n_masked = 0.0

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hip.task.base import EvalResult, Task, to_device
+from hip.task.base import EmptySplit, EvalResult, Task, to_device
 
 
 class HeadTask(Task):
@@ -66,7 +66,7 @@ class HeadTask(Task):
             n += y.shape[0]
             self.accumulate(state, logits, y)
         if n == 0:
-            raise ValueError("the split has no samples")
+            raise EmptySplit("has no samples")
         result = EvalResult(
             {"loss": loss_sum / n, "num_samples": float(n)},
             self.name,

@@ -1,7 +1,7 @@
 """The Trainer: MAE pretraining and finetuning as one short loop over components.
 
 Components, each built from the resolved config and each in its own file:
-the task type (`hip.task`: model, loss, metrics), the data set (`hip.train.data` loaders),
+the task type (`hip.task`: model, loss, metrics), the data set (`hip.data.dataset`),
 the optimizer and schedule (`optim.py`), the Checkpointer (`checkpointer.py`), the tracker
 (`hip.tracking`), the evaluator (`hip.evaluate.Evaluator`) and the step (`step.py`).
 :func:`train` assembles them; the Trainer only runs the loop.
@@ -177,9 +177,10 @@ class Trainer:
             self.wrapped, self.optimizer, self.scheduler, self.generator, self.seed
         )
         resumed = self.last_checkpoint is not None
-        log = MetricsLog(self.run_dir / "metrics.jsonl", self.state.step if resumed else None)
-        self.metrics_log = log if info.is_main else None
-        if info.is_main:
+        self.metrics_log = None
+        if info.is_main:  # rank 0 alone writes the log (trimmed to the checkpoint on resume)
+            keep = self.state.step if resumed else None
+            self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", keep)
             derived = {"peak_lr": self.lr, "global_batch": self.global_batch}
             self.tracker.log_params(
                 {**self.resolved, "derived": {**derived, "world_size": info.world_size}}
