@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from hip.data.dataset import builtin_dataset
 from hip.errors import UserError
 from hip.evaluate import evaluate_model
 from hip.task import EvalResult, Task, get_task, register, task_names
-from hip.task.base import to_device
+from hip.task.base import EvalData, to_device
 from hip.train import trainer
 
 
@@ -65,22 +64,13 @@ class BrightnessTask(Task):
         return F.mse_loss(model(batch["inputs"]).squeeze(-1), self.targets(batch))
 
     @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        batches: Callable[[], Iterable[dict[str, Any]]],
-        device: torch.device,
-        label_names: list[str],
-        modalities: dict[str, tuple[int, int]],
-        seed: int = 0,
-        num_reconstructions: int = 8,
-    ) -> EvalResult:
+    def evaluate(self, model: nn.Module, data: EvalData) -> EvalResult:
         err, n = 0.0, 0
-        for batch in batches():
-            pred = model(to_device(batch["inputs"], device)).squeeze(-1).cpu()
+        for batch in data.batches():
+            pred = model(to_device(batch["inputs"], data.device)).squeeze(-1).cpu()
             err += float(((pred - self.targets(batch)) ** 2).sum())
             n += pred.shape[0]
-        return EvalResult({"mse": err / n, "num_samples": float(n)}, self.name, label_names)
+        return EvalResult({"mse": err / n, "num_samples": float(n)}, self.name, data.label_names)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hip.task import EvalResult, get_task
-from hip.task.base import EmptySplit
+from hip.task.base import EmptySplit, EvalData
 
 
 @torch.no_grad()
@@ -36,15 +36,15 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
-        return get_task(task).evaluate(
-            model,
+        data = EvalData(
             batches,
             torch.device(device),
             list(source.label_names),
             dict(source.modalities),
-            seed=seed,
-            num_reconstructions=num_reconstructions,
+            seed,
+            num_reconstructions,
         )
+        return get_task(task).evaluate(model, data)
     except EmptySplit:
         raise EmptySplit(f"split {split!r} has no samples") from None
     finally:

@@ -7,7 +7,7 @@ Adding a task type: write a :class:`Task` subclass in its own file and add it to
 from __future__ import annotations
 
 from hip.errors import UserError, unknown_name
-from hip.task.base import EvalResult, Task
+from hip.task.base import EvalData, EvalResult, Task
 from hip.task.classification import ClassificationTask
 from hip.task.mae import MAETask
 from hip.task.multilabel import MultilabelTask
@@ -38,4 +38,4 @@ def task_names() -> tuple[str, ...]:
 for _task in (MAETask, ClassificationTask, MultilabelTask, SegmentationTask):
     register(_task)
 
-__all__ = ["EvalResult", "Task", "get_task", "register", "task_names"]
+__all__ = ["EvalData", "EvalResult", "Task", "get_task", "register", "task_names"]

@@ -29,6 +29,19 @@ class EvalResult:
     modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
+@dataclass
+class EvalData:
+    """The split a task evaluates on: its batches (`batches()` yields them anew per pass) and
+    what the data is."""
+
+    batches: Callable[[], Iterable[dict[str, Any]]]
+    device: torch.device
+    label_names: list[str]
+    modalities: dict[str, tuple[int, int]]
+    seed: int = 0  # MAE: the masks of the evaluation
+    num_reconstructions: int = 8  # MAE: samples kept for the report's figure
+
+
 class EmptySplit(ValueError):
     """The split to evaluate yielded no samples."""
 
@@ -60,17 +73,8 @@ class Task:
     def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
         """Raise LabelRangeError when the batch's labels do not fit `num_classes` classes."""
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        batches: Callable[[], Iterable[dict[str, Any]]],
-        device: torch.device,
-        label_names: list[str],
-        modalities: dict[str, tuple[int, int]],
-        seed: int = 0,
-        num_reconstructions: int = 8,
-    ) -> EvalResult:
-        """Metrics of `model` (in eval mode) over the split; `batches()` yields it anew per pass."""
+    def evaluate(self, model: nn.Module, data: EvalData) -> EvalResult:
+        """Metrics of `model` (in eval mode) over the split `data`."""
         raise NotImplementedError
 
     def better(self, new: float, old: float) -> bool:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hip.task.base import EmptySplit, EvalResult, Task, to_device
+from hip.task.base import EmptySplit, EvalData, EvalResult, Task, to_device
 
 
 class MAETask(Task):
@@ -47,22 +46,15 @@ class MAETask(Task):
         return model(batch["inputs"], generator=generator).loss
 
     @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        batches: Callable[[], Iterable[dict[str, Any]]],
-        device: torch.device,
-        label_names: list[str],
-        modalities: dict[str, tuple[int, int]],
-        seed: int = 0,
-        num_reconstructions: int = 8,
-    ) -> EvalResult:
+    def evaluate(self, model: nn.Module, data: EvalData) -> EvalResult:
         """Masked MSE against two baselines (each position's mean over the split, the global
         mean), the MAE loss, and a few reconstructions (original / masked / composite)."""
-        names = list(modalities)
+        names = list(data.modalities)
         sums: dict[str, torch.Tensor] = {}
         count = 0
-        for batch in batches():  # pass 1: each position's mean (the "predict the mean" baseline)
+        for (
+            batch
+        ) in data.batches():  # pass 1: each position's mean (the "predict the mean" baseline)
             for k in names:
                 x = batch["inputs"][k].double().sum(0)
                 sums[k] = x if k not in sums else sums[k] + x
@@ -70,13 +62,13 @@ class MAETask(Task):
         if count == 0:
             raise EmptySplit("has no samples")
         means = {k: (sums[k] / count).float() for k in names}
-        gen = torch.Generator().manual_seed(seed + 12345)
+        gen = torch.Generator().manual_seed(data.seed + 12345)
         err = base = gbase = loss_sum = n_masked = 0.0
         rec: dict[str, list[np.ndarray]] = {"original": [], "masked": [], "composite": []}
         n_batches = 0
-        for batch in batches():
+        for batch in data.batches():
             n_batches += 1
-            inputs = to_device(batch["inputs"], device)
+            inputs = to_device(batch["inputs"], data.device)
             state = gen.get_state()
             loss_sum += float(model(inputs, generator=gen).loss)
             gen.set_state(state)  # the same mask for the reconstruction
@@ -89,7 +81,7 @@ class MAETask(Task):
                 err += float((((pred - x) ** 2) * w).sum())
                 base += float((((means[k] - x) ** 2) * w).sum())
                 gbase += float((((x.mean() - x) ** 2) * w).sum())
-            if len(rec["original"]) * x.shape[0] < num_reconstructions:
+            if len(rec["original"]) * x.shape[0] < data.num_reconstructions:
                 k = names[0]
                 rec["original"].append(inputs[k].cpu().numpy())
                 rec["masked"].append(out[k]["masked"].cpu().numpy())
@@ -105,7 +97,11 @@ class MAETask(Task):
         metrics["mse_vs_baseline"] = metrics["masked_mse"] / max(
             metrics["mean_baseline_mse"], 1e-12
         )
-        recs = {k: np.concatenate(v)[:num_reconstructions] for k, v in rec.items() if v}
+        recs = {k: np.concatenate(v)[: data.num_reconstructions] for k, v in rec.items() if v}
         return EvalResult(
-            metrics, self.name, list(label_names), reconstructions=recs, modalities=modalities
+            metrics,
+            self.name,
+            list(data.label_names),
+            reconstructions=recs,
+            modalities=data.modalities,
         )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from hip.task.base import EmptySplit, EvalResult, Task, to_device
+from hip.task.base import EmptySplit, EvalData, EvalResult, Task, to_device
 
 
 class HeadTask(Task):
@@ -46,22 +45,13 @@ class HeadTask(Task):
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        batches: Callable[[], Iterable[dict[str, Any]]],
-        device: torch.device,
-        label_names: list[str],
-        modalities: dict[str, tuple[int, int]],
-        seed: int = 0,
-        num_reconstructions: int = 8,
-    ) -> EvalResult:
+    def evaluate(self, model: nn.Module, data: EvalData) -> EvalResult:
         """Mean loss and the task's metrics over the split."""
         loss_sum, n = 0.0, 0
         state: dict[str, Any] = {}
-        for batch in batches():
-            y = self.targets(batch).to(device)
-            logits = model(to_device(batch["inputs"], device)).float()
+        for batch in data.batches():
+            y = self.targets(batch).to(data.device)
+            logits = model(to_device(batch["inputs"], data.device)).float()
             loss_sum += float(model.loss(logits, y)) * y.shape[0]
             n += y.shape[0]
             self.accumulate(state, logits, y)
@@ -70,8 +60,8 @@ class HeadTask(Task):
         result = EvalResult(
             {"loss": loss_sum / n, "num_samples": float(n)},
             self.name,
-            list(label_names),
-            modalities=modalities,
+            list(data.label_names),
+            modalities=data.modalities,
         )
         self.summarize(state, n, result)
         return result
