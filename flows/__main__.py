@@ -17,6 +17,10 @@ from collections.abc import Sequence
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+if os.environ.get(
+    "PREFECT_HOME"
+):  # e.g. `make demo`'s outputs/prefect-home: Prefect makes no parents
+    os.makedirs(os.path.expanduser(os.environ["PREFECT_HOME"]), exist_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -354,3 +354,28 @@ def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp
         filter_string="tags.`hip.stage` = 'pretrain'",
     )
     assert [r.info.run_id for r in pretrain_runs] == [record["run_id"]]  # no orphan, no second
+
+
+@pytest.mark.slow
+def test_main_job_keeps_its_prefect_home_in_a_folder_that_does_not_exist_yet(tmp_path):
+    """`make demo` points PREFECT_HOME at outputs/prefect-home, which a fresh clone lacks."""
+    home = tmp_path / "outputs" / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows",
+            "--stage",
+            "shard",
+            "--pipeline",
+            str(tiny_pipeline(tmp_path)),
+        ],
+        env={**env, "PREFECT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (home / "prefect.db").is_file()  # the ephemeral API's database, inside outputs/
+    _assert_every_split_intact(tmp_path / "work")
