@@ -18,6 +18,7 @@ import mlflow
 import pytest
 import yaml
 
+from tests.procs import processes_mentioning, wait_for
 from tests.test_flows import tiny_pipeline
 from tests.test_infra import _free_ports, _run, _stack_env
 
@@ -169,13 +170,9 @@ def test_worker_killed_mid_run_then_rerun_resumes_from_the_last_checkpoint(deplo
     # automation or an operator does) so the deployment's concurrency slot frees up.
     _api(f"{api}/flow_runs/{killed['id']}/set_state", {"state": {"type": "CRASHED"}, "force": True})
     # The training child gets SIGTERM when its parent dies (PDEATHSIG) and may still write a
-    # checkpoint while it stops: wait until the folder is quiet, however slow the machine.
-    seen, quiet_since = None, time.monotonic()
-    while time.monotonic() - quiet_since < 3 and time.monotonic() < deadline + 120:
-        now = sorted(p.name for p in checkpoints.glob("step-*.pt"))
-        if now != seen:
-            seen, quiet_since = now, time.monotonic()
-        time.sleep(0.5)
+    # checkpoint while it stops: wait until it is gone, however slow the machine.
+    work = str(Path(spec["work_dir"]))
+    wait_for(lambda: not processes_mentioning(work), 120, "the killed run's training to exit")
     saved = max(int(p.stem.split("-")[1]) for p in checkpoints.glob("step-*.pt"))
 
     # The rerun: shorten the run so the test stays quick; resume=auto picks up the checkpoint.

@@ -19,6 +19,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from tests.procs import processes_mentioning, wait_for  # noqa: E402
+
 TINY = {
     "name": "tiny",
     "datasets": [
@@ -280,28 +282,6 @@ def test_main_job_runs_twice_in_a_row_and_again_after_its_outputs_are_deleted(ha
         assert _no_run_left_running(uri) == [], attempt
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if text.encode() in (proc / "cmdline").read_bytes():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.mark.slow
 def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp_path):
     pretrain = {
@@ -319,7 +299,7 @@ def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp
     ckpts = work / "runs" / "pretrain" / "checkpoints"
     proc = _main_job(path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(
+        wait_for(
             lambda: any(ckpts.glob("step-*.pt")) or proc.poll() is not None, 240, "a checkpoint"
         )
         assert proc.poll() is None, "the pipeline ended before pretraining checkpointed"
@@ -329,7 +309,7 @@ def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp
         if proc.poll() is None:
             proc.kill()
     # The training child dies with its launcher (no orphan keeps writing checkpoints).
-    _wait_for(lambda: not _processes_mentioning(str(work)), 60, "the training process to exit")
+    wait_for(lambda: not processes_mentioning(str(work)), 60, "the training process to exit")
     killed_at = max(int(p.stem.split("-")[1]) for p in ckpts.glob("step-*.pt"))
     assert killed_at < 400
     record = json.loads((work / "runs" / "pretrain" / "mlflow-run.json").read_text())
