@@ -1,7 +1,7 @@
-"""Training: the loop (MAE pretraining and finetuning), optimizer/schedule, checkpoints, DDP.
+"""Training: the Trainer (MAE pretraining and finetuning), Checkpointer, optimizer, step, launcher.
 
-Attributes load lazily so `hip.train.step` and `hip.train.optim` import with torch alone
-(the loop itself needs OmegaConf, WebDataset and MLflow).
+Attributes load lazily so `hip.train.step` and `hip.train.optim` import with torch (and the task
+types' torchmetrics) alone; the trainer itself needs OmegaConf, WebDataset and MLflow.
 """
 
 from typing import Any
