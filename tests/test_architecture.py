@@ -88,7 +88,7 @@ def test_hip_imports_no_prefect():
 
 # Label *formats* in the shard writer and loader (`K.cls`, `K.labels.json`, `K.mask.png`) are
 # the data's, read from its manifest; everything about training and scoring is the task's.
-LABEL_FORMAT_CODE = {"data/shards.py", "data/loader.py", "data/sources.py"}
+LABEL_FORMAT_CODE = {"data/shards.py", "data/sources.py"}
 
 
 def test_no_task_type_tests_outside_the_task_classes():

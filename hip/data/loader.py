@@ -31,7 +31,6 @@ gather metrics with a sum-reduction of counts, not a per-batch barrier.
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
 import warnings
@@ -46,7 +45,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from hip import storage
-from hip.data.manifest import Manifest, read_manifest
+from hip.data.manifest import Manifest, read_manifest, task_type
 from hip.data.shards import iter_tar_samples
 from hip.model.modalities import audio_to_tokens, image_to_tokens, video_to_tokens
 
@@ -90,6 +89,7 @@ class Decoder:
     def __init__(self, manifest: Manifest, normalize: bool = False) -> None:
         self.modalities = manifest.modalities
         self.task = manifest.task
+        self.labels = task_type(manifest.task)
         self.num_classes = len(manifest.label_names)
         self.normalize = normalize
 
@@ -120,18 +120,8 @@ class Decoder:
                 )
             inputs[name] = x
         out: dict[str, Any] = {"inputs": inputs, "key": sample["__key__"]}
-        if self.task == "classification":
-            out["label"] = int(sample["cls"])
-        elif self.task == "multilabel":
-            hot = torch.zeros(self.num_classes, dtype=torch.float32)
-            idx = json.loads(sample["labels.json"])
-            if idx:
-                hot[torch.tensor(idx, dtype=torch.long)] = 1.0
-            out["label"] = hot
-        elif self.task == "segmentation":
-            with Image.open(io.BytesIO(sample["mask.png"])) as m:
-                mask = np.asarray(m, dtype=np.uint8).reshape(-1)
-            out["mask"] = torch.from_numpy(mask.astype(np.int64))
+        if self.labels is not None:  # how labels are stored is the task type's to say
+            out.update(self.labels.decode_label(sample, self.num_classes))
         return out
 
 

@@ -208,3 +208,10 @@ def read_manifest(path: str | Path, s3: storage.S3Config | None = None) -> Manif
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{uri} is not a {FORMAT} manifest")
     return Manifest.from_json(data, root)
+
+
+def task_type(name: str | None) -> Any:
+    """The registered task type a data set's labels are stored for (`hip.task`), or None."""
+    from hip.task import get_task, task_names
+
+    return get_task(name) if name in task_names() else None

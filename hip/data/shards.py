@@ -41,6 +41,7 @@ from hip.data.manifest import (
     ShardInfo,
     SplitInfo,
     read_manifest,
+    task_type,
 )
 from hip.data.sources import (
     DEFAULT_SHUFFLE_SEED,
@@ -136,10 +137,9 @@ def _encode(
         members.append((f"{k}.audio.npy", _npy(raw["audio"].astype(np.int16))))
     if "video" in raw:
         members.append((f"{k}.video.npy", _npy(raw["video"].astype(np.uint8))))
-    if task == "classification":
-        members.append((f"{k}.cls", str(int(item.label)).encode()))  # type: ignore[arg-type]
-    elif task == "multilabel":
-        members.append((f"{k}.labels.json", json.dumps(list(item.label or [])).encode()))
+    labels = task_type(task)  # how labels are stored is the task type's to say
+    if labels is not None:
+        members.extend(labels.encode_label(k, item.label))
     return members
 
 

@@ -73,6 +73,14 @@ class Task:
     def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
         """Raise LabelRangeError when the batch's labels do not fit `num_classes` classes."""
 
+    def encode_label(self, key: str, label: Any) -> list[tuple[str, bytes]]:
+        """The shard members (`key.ext`, bytes) that store one sample's label; none by default."""
+        return []
+
+    def decode_label(self, sample: dict[str, Any], num_classes: int) -> dict[str, Any]:
+        """The batch fields (`label`, `mask`) read back from a sample's shard members."""
+        return {}
+
     def evaluate(self, model: nn.Module, data: EvalData) -> EvalResult:
         """Metrics of `model` (in eval mode) over the split `data`."""
         raise NotImplementedError

@@ -24,6 +24,14 @@ class ClassificationTask(HeadTask):
         """Class indices `[B]`."""
         return batch["label"].long()
 
+    def encode_label(self, key: str, label: Any) -> list[tuple[str, bytes]]:
+        """`key.cls`: the class index as text."""
+        return [(f"{key}.cls", str(int(label)).encode())]
+
+    def decode_label(self, sample: dict[str, Any], num_classes: int) -> dict[str, Any]:
+        """The class index."""
+        return {"label": int(sample["cls"])}
+
     def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
         """Every class index in 0..num_classes-1."""
         label = batch.get("label")

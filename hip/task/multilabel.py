@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,18 @@ class MultilabelTask(HeadTask):
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         """Multi-hot labels `[B, K]` as floats."""
         return batch["label"].float()
+
+    def encode_label(self, key: str, label: Any) -> list[tuple[str, bytes]]:
+        """`key.labels.json`: the list of the sample's class indices."""
+        return [(f"{key}.labels.json", json.dumps(list(label or [])).encode())]
+
+    def decode_label(self, sample: dict[str, Any], num_classes: int) -> dict[str, Any]:
+        """A multi-hot float vector of `num_classes`."""
+        hot = torch.zeros(num_classes, dtype=torch.float32)
+        idx = json.loads(sample["labels.json"])
+        if idx:
+            hot[torch.tensor(idx, dtype=torch.long)] = 1.0
+        return {"label": hot}
 
     def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
         """Multi-hot vectors of exactly num_classes entries."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from hip.errors import UserError
 from hip.task.base import EvalResult, label_range_error
@@ -26,6 +29,12 @@ class SegmentationTask(HeadTask):
         if "mask" not in batch:
             raise UserError("segmentation needs batches with a per-position 'mask'")
         return batch["mask"].long()
+
+    def decode_label(self, sample: dict[str, Any], num_classes: int) -> dict[str, Any]:
+        """The per-position class indices from `key.mask.png` (written with the inputs)."""
+        with Image.open(io.BytesIO(sample["mask.png"])) as m:
+            mask = np.asarray(m, dtype=np.uint8).reshape(-1)
+        return {"mask": torch.from_numpy(mask.astype(np.int64))}
 
     def check_labels(self, batch: dict[str, Any], num_classes: int, where: str) -> None:
         """Every mask value in 0..num_classes-1, or the ignore index."""
