@@ -16,7 +16,7 @@ from hip.data.dataset import builtin_dataset
 from hip.errors import UserError
 from hip.evaluate import evaluate_model
 from hip.task import EvalResult, Task, get_task, register, task_names
-from hip.task.base import EvalData, to_device
+from hip.task.base import EvalData, inputs_to_device
 from hip.train import trainer
 
 
@@ -67,7 +67,7 @@ class BrightnessTask(Task):
     def evaluate(self, model: nn.Module, data: EvalData) -> EvalResult:
         err, n = 0.0, 0
         for batch in data.batches():
-            pred = model(to_device(batch["inputs"], data.device)).squeeze(-1).cpu()
+            pred = model(inputs_to_device(batch["inputs"], data.device)).squeeze(-1).cpu()
             err += float(((pred - self.targets(batch)) ** 2).sum())
             n += pred.shape[0]
         return EvalResult({"mse": err / n, "num_samples": float(n)}, self.name, data.label_names)

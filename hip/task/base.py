@@ -90,7 +90,9 @@ class Task:
         return new > old if self.higher_is_better else new < old
 
 
-def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def inputs_to_device(
+    inputs: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
     """Float32 copies of a batch's input modalities on `device`."""
     return {k: v.to(device).float() for k, v in inputs.items()}
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hip.task.base import EmptySplit, EvalData, EvalResult, Task, to_device
+from hip.task.base import EmptySplit, EvalData, EvalResult, Task, inputs_to_device
 
 
 class MAETask(Task):
@@ -68,7 +68,7 @@ class MAETask(Task):
         n_batches = 0
         for batch in data.batches():
             n_batches += 1
-            inputs = to_device(batch["inputs"], data.device)
+            inputs = inputs_to_device(batch["inputs"], data.device)
             state = gen.get_state()
             loss_sum += float(model(inputs, generator=gen).loss)
             gen.set_state(state)  # the same mask for the reconstruction

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hip.task.base import EmptySplit, EvalData, EvalResult, Task, to_device
+from hip.task.base import EmptySplit, EvalData, EvalResult, Task, inputs_to_device
 
 
 class HeadTask(Task):
@@ -51,7 +51,7 @@ class HeadTask(Task):
         state: dict[str, Any] = {}
         for batch in data.batches():
             y = self.targets(batch).to(data.device)
-            logits = model(to_device(batch["inputs"], data.device)).float()
+            logits = model(inputs_to_device(batch["inputs"], data.device)).float()
             loss_sum += float(model.loss(logits, y)) * y.shape[0]
             n += y.shape[0]
             self.accumulate(state, logits, y)

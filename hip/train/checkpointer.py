@@ -10,9 +10,11 @@ under DDP and by name under FSDP2, converted when a run switches between them).
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -21,6 +23,13 @@ from hip import checkpoint as ckpt
 from hip import distributed as hdist
 from hip.errors import UserError
 from hip.train.optim import optim_state_to_indices, optim_state_to_names, param_order
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 @dataclass
@@ -109,8 +118,6 @@ class Checkpointer:
         if len(rngs) == self.info.world_size:
             ckpt.set_rng_state(rngs[self.info.rank], generator)
         else:  # the world size changed: deterministic fresh streams per rank
-            from hip.train.trainer import seed_all
-
             seed_all(seed + self.info.rank + 7919 * state.step)
             generator.manual_seed(seed * 1000 + self.info.rank + 7919 * state.step)
         return state, str(path)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +30,7 @@ from hip.errors import UserError
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
 from hip.train import step as hstep
-from hip.train.checkpointer import Checkpointer, TrainState
+from hip.train.checkpointer import Checkpointer, TrainState, seed_all
 from hip.train.metrics import StepTimer, memory_mb
 from hip.train.optim import build_optimizer, build_scheduler, peak_lr
 
@@ -54,13 +52,6 @@ class TrainResult:
     run_id: str | None = None
     rank: int = 0
     world_size: int = 1
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dict[str, Any]:
