@@ -259,3 +259,26 @@ def test_unknown_source_and_empty_input(tmp_path):
         shard("imagefolder", tmp_path / "empty", tmp_path / "o")
     with pytest.raises(UserError, match="no such directory"):
         shard("imagefolder", tmp_path / "nope", tmp_path / "o")
+
+
+def test_pyav_is_optional_and_its_absence_names_the_extra(tmp_path, monkeypatch):
+    """PyAV (extras `audio` / `video`) is imported only to decode a file that needs it."""
+    import subprocess
+    import sys
+
+    from hip.data.sources import SourceOptions, load_audio, load_video
+
+    code = "import sys, hip.data, hip.data.sources, hip.cli; sys.exit('av' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+    )
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
+    wav = tmp_path / "a.wav"
+    write_wav(wav, np.arange(800) % 50, 8000)
+    assert load_audio(wav, SourceOptions())[0].shape == (800,)  # wav needs no PyAV
+    (tmp_path / "a.flac").write_bytes(b"fLaC")
+    with pytest.raises(ValueError, match=r"hip-pipeline\[audio\]"):
+        load_audio(tmp_path / "a.flac", SourceOptions())
+    (tmp_path / "a.mp4").write_bytes(b"\0")
+    with pytest.raises(ValueError, match=r"hip-pipeline\[video\]"):
+        load_video(tmp_path / "a.mp4", SourceOptions())

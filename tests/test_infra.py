@@ -388,7 +388,9 @@ def test_dockerfile_installs_torch_before_the_project() -> None:
     assert re.search(r"^FROM python:3\.11-slim AS services$", text, re.M)
     assert re.search(r"^FROM services AS worker$", text, re.M)
     worker = text.split("AS worker", 1)[1]
-    assert worker.index('"$TORCH_SPEC"') < worker.index("pip install .")
+    project = re.search(r'pip install "?\.(\[([a-z,]+)\])?"?', worker)
+    assert project and worker.index('"$TORCH_SPEC"') < project.start()
+    assert {"audio", "video", "gpu"} <= set((project.group(2) or "").split(","))
     assert "mlflow[auth]==" in text  # basic-auth needs Flask-WTF
 
 
@@ -412,3 +414,22 @@ def test_k8s_gpu_job_template() -> None:
     rendered = apply_values(template["job_configuration"], {**defaults, "gpu_count": 4})
     container = rendered["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 4}
+
+
+# -- packaging ---------------------------------------------------------------------------------
+def test_pyproject_dependencies() -> None:
+    """Ranges for the library's requirements; optional parts in extras (issue 13, item 10)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
+    assert not [d for d in deps.values() if "==" in d], "a library takes ranges, not pins"
+    assert deps["torch"].replace(" ", "") == "torch>=2.6"  # FSDP2's public fully_shard
+    assert "psutil" in deps  # MLflow system metrics
+    assert "av" not in deps  # PyAV is optional: extras audio / video, imported lazily
+    extras = project["optional-dependencies"]
+    for extra in ("audio", "video"):
+        assert any(d.startswith("av") for d in extras[extra])
+    assert any(d.startswith("nvidia-ml-py") for d in extras["gpu"])
+    setup = (REPO / "scripts" / "setup.sh").read_text()  # torch (CPU build here) goes in first
+    assert "TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}" in setup
+    assert setup.index('"$TORCH_SPEC"') < setup.index('-e ".[${EXTRAS}]"')

@@ -246,10 +246,15 @@ def _read_av_audio(path: Path, rate: int | None) -> tuple[np.ndarray, int]:
 
 
 def _require_av(path: Path) -> Any:
+    """PyAV, imported only when a file needs it (it is in the `audio` / `video` extras)."""
     try:
         import av
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ValueError(f"decoding {path.suffix} needs PyAV (pip install av)") from exc
+    except ImportError as exc:
+        kind = "video" if path.suffix.lower() in VIDEO_EXTS else "audio"
+        raise ValueError(
+            f"decoding {path.suffix or path.name} needs PyAV, which is not installed: "
+            f"pip install 'hip-pipeline[{kind}]' (wav audio and images need no extra)"
+        ) from exc
     return av
 
 
