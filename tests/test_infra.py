@@ -413,7 +413,7 @@ def test_k8s_gpu_job_template() -> None:
     }
     rendered = apply_values(template["job_configuration"], {**defaults, "gpu_count": 4})
     container = rendered["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
 
 
 # -- packaging ---------------------------------------------------------------------------------
@@ -433,3 +433,122 @@ def test_pyproject_dependencies() -> None:
     setup = (REPO / "scripts" / "setup.sh").read_text()  # torch (CPU build here) goes in first
     assert "TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}" in setup
     assert setup.index('"$TORCH_SPEC"') < setup.index('-e ".[${EXTRAS}]"')
+
+
+# -- the Kubernetes GPU deployment (infra/k8s/prefect.yaml) -------------------------------------
+K8S_DEPLOYMENTS = REPO / "infra" / "k8s" / "prefect.yaml"
+IMAGE = "registry.example.com/ml/hip-pipeline"
+
+
+def _k8s_deployment() -> tuple[dict, dict]:
+    spec = yaml.safe_load(K8S_DEPLOYMENTS.read_text())
+    return spec, next(d for d in spec["deployments"] if d["name"] == "gpu-k8s")
+
+
+def test_k8s_template_extends_the_kubernetes_workers_default() -> None:
+    """Everything of the installed worker's default template is in ours (no silent drift)."""
+    worker = pytest.importorskip("prefect_kubernetes.worker")
+    default = worker.KubernetesWorker.get_default_base_job_template()
+    ours = json.loads(K8S_TEMPLATE.read_text())
+    assert set(default["variables"]["properties"]) <= set(ours["variables"]["properties"])
+    assert set(default["job_configuration"]) == set(ours["job_configuration"])
+
+
+def test_k8s_deployment_builds_and_pushes_the_worker_image() -> None:
+    import inspect
+
+    steps = pytest.importorskip("prefect_docker.deployments.steps")
+    spec, deployment = _k8s_deployment()
+    (build,) = spec["build"]
+    (push,) = spec["push"]
+    build_args = build["prefect_docker.deployments.steps.build_docker_image"]
+    push_args = push["prefect_docker.deployments.steps.push_docker_image"]
+    assert (build_args["dockerfile"], build_args["target"]) == ("infra/Dockerfile", "worker")
+    assert build_args["build_backend"] == "buildx"  # reads infra/Dockerfile.dockerignore
+    assert (REPO / build_args["dockerfile"]).is_file()
+    assert "{{ $HIP_IMAGE_NAME }}" == build_args["image_name"]  # no registry written here
+    for func, args in (
+        (steps.build_docker_image, build_args),
+        (steps.push_docker_image, push_args),
+    ):
+        params = inspect.signature(func).parameters
+        named = {k for k in args if k not in ("id", "requires")} - set(params)
+        assert not named or "build_kwargs" in params, (func.__name__, named)
+    assert push_args["image_name"] == "{{ build-image.image_name }}"
+    assert push_args["tag"] == "{{ build-image.tag }}"
+    pool = deployment["work_pool"]
+    assert pool["name"] == "gpu-k8s" and pool["job_variables"]["image"] == "{{ build-image.image }}"
+    assert deployment["entrypoint"] == "flows/hip_flow.py:hip"
+    assert deployment["schedules"] and deployment["parameters"]["stage"] == "retrain"
+    assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == (
+        "/opt/hip"  # WORKDIR of the worker image
+    )
+    assert "WORKDIR /opt/hip" in (REPO / "infra" / "Dockerfile").read_text()
+    # `prefect deploy --all` (local stack, tests) needs no Docker and no Kubernetes pool
+    main = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert "build" not in main and "push" not in main
+    assert {d["work_pool"]["name"] for d in main["deployments"]} == {"cpu", "gpu"}
+
+
+def test_k8s_gpu_job_renders_to_a_valid_kubernetes_job(monkeypatch) -> None:
+    """The Job the Kubernetes worker would create for hip/gpu-k8s, checked offline against
+    the Kubernetes OpenAPI schema that kubernetes-validate bundles (no cluster here)."""
+    import asyncio
+    import uuid
+
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    worker = pytest.importorskip("prefect_kubernetes.worker")
+    from prefect.client.schemas.objects import Flow, FlowRun
+    from prefect.utilities.schema_tools import validate
+    from prefect.utilities.templating import apply_values
+
+    template = json.loads(K8S_TEMPLATE.read_text())
+    _, deployment = _k8s_deployment()
+    built = {"image_name": IMAGE, "tag": "2026-12-02t00-00-00", "image": f"{IMAGE}:2026-12-02"}
+    variables = apply_values(deployment["work_pool"]["job_variables"], {"build-image": built})
+    # what the server checks when the deployment is created
+    validate(variables, template["variables"], raise_on_error=True, preprocess=True)
+    # what the worker does for a flow run (client: no block/variable references to resolve)
+    config = asyncio.run(
+        worker.KubernetesWorkerJobConfiguration.from_template_and_values(
+            template, variables, client=object()
+        )
+    )
+    flow_id = uuid.uuid4()
+    config.prepare_for_flow_run(
+        FlowRun(id=uuid.uuid4(), name="brave-otter", flow_id=flow_id),
+        flow=Flow(id=flow_id, name="hip"),
+    )
+    job = config.job_manifest
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"{IMAGE}:2026-12-02"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert container["envFrom"] == [{"secretRef": {"name": "hip-pipeline"}}]
+    assert container["args"] == ["prefect", "flow-run", "execute"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert job["metadata"]["namespace"] == "hip"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert not [k for k in env if re.search(r"SECRET|PASSWORD|ACCESS_KEY", k)]  # from the Secret
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("kubernetes-validate tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    version = kubernetes_validate.latest_version()
+    kubernetes_validate.validate(job, version, strict=False)
+    # Strict (unknown fields are errors, as `kubectl apply --validate=strict`): the only ones are
+    # pod-level `parallelism`/`completions`, which the Prefect worker's validator requires in
+    # every template and the API server drops with a warning.
+    with pytest.raises(kubernetes_validate.ValidationError, match="completions.*parallelism"):
+        kubernetes_validate.validate(job, version, strict=True)
+    strict = json.loads(json.dumps(job))
+    for key in ("parallelism", "completions"):
+        del strict["spec"]["template"]["spec"][key]
+    kubernetes_validate.validate(strict, version, strict=True)
