@@ -552,3 +552,84 @@ def test_k8s_gpu_job_renders_to_a_valid_kubernetes_job(monkeypatch) -> None:
     for key in ("parallelism", "completions"):
         del strict["spec"]["template"]["spec"][key]
     kubernetes_validate.validate(strict, version, strict=True)
+
+
+# -- the local stack and the compose file describe the same services ----------------------------
+# stack.sh service -> compose service. Compose alone has Postgres (the stack uses SQLite) and the
+# one-shot prefect-init / s3-init (the stack creates pools and the bucket itself at start).
+STACK_TO_COMPOSE = {
+    "s3": "s3",
+    "mlflow": "mlflow",
+    "prefect": "prefect-server",
+    "worker": "worker-cpu",
+    "gpu-worker": "worker-gpu",
+}
+COMPOSE_ONLY = {"postgres", "prefect-init", "s3-init"}
+
+
+def _flags(argv: list[str]) -> dict[str, str | None]:
+    """`-a=1 --b 2 --c` -> {"a": "1", "b": "2", "c": None}."""
+    flags: dict[str, str | None] = {}
+    for i, arg in enumerate(argv):
+        if arg.startswith("-"):
+            name, eq, value = arg.lstrip("-").partition("=")
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            flags[name] = value if eq else (nxt if nxt and not nxt.startswith("-") else None)
+    return flags
+
+
+def test_stack_and_compose_describe_the_same_services(tmp_path, monkeypatch) -> None:
+    import importlib.util
+    import shlex
+
+    spec = importlib.util.spec_from_file_location("hip_stack", REPO / "infra" / "stack.py")
+    stack = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "hip_stack", stack)  # dataclasses look the module up
+    spec.loader.exec_module(stack)
+    for key in [k for k in os.environ if k.startswith(("HIP_", "AWS_", "MLFLOW_S3"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HIP_STACK_DIR", str(tmp_path))
+    monkeypatch.setattr(stack.Config, "binary", lambda self, name: name)
+    cfg = stack.Config.from_env()
+    compose = _compose()["services"]
+    assert set(STACK_TO_COMPOSE) == set(stack.SERVICES)
+    assert set(compose) == set(STACK_TO_COMPOSE.values()) | COMPOSE_ONLY
+
+    creds = ("key", "secret")
+    for name, compose_name in STACK_TO_COMPOSE.items():
+        argv, env, _ = stack.service_command(cfg, name, creds)
+        svc = compose[compose_name]
+        theirs = svc["command"]
+        theirs = shlex.split(theirs) if isinstance(theirs, str) else list(theirs)
+        words = [a for a in argv if not a.startswith("-")]
+        verb = 3 if words[0] == "prefect" else 2  # `prefect server start`, `weed mini`, ...
+        assert theirs[:verb] == words[:verb], (name, argv, theirs)
+        ours_flags, their_flags = _flags(argv), _flags(theirs)
+        # every flag compose passes is passed by the stack too (compose-only: auth, bind all)
+        only_compose = set(their_flags) - set(ours_flags) - {"app-name", "with-healthcheck"}
+        assert not only_compose, (name, only_compose)
+        if name == "s3":  # the switches that turn weed's extra servers off agree
+            for flag in ("admin.ui", "webdav", "s3.port.iceberg", "s3.port.lance"):
+                assert ours_flags[flag] == their_flags[flag], (flag, ours_flags, their_flags)
+            assert their_flags["master.telemetry"] == ours_flags["master.telemetry"] == "false"
+            assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env) & set(
+                svc["environment"]
+            )
+        if name == "mlflow":
+            assert "serve-artifacts" in ours_flags and "serve-artifacts" in their_flags
+            assert svc["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+            assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+        if name == "prefect":
+            assert "analytics-off" in ours_flags and "analytics-off" in their_flags
+        if name in stack.WORKERS:
+            assert ours_flags["pool"] == their_flags["pool"] == stack.WORKERS[name]
+            assert ours_flags["type"] == their_flags["type"] == "process"
+            client = stack.client_env(cfg, creds)
+            assert set(client) <= set(svc["environment"]), set(client) - set(svc["environment"])
+    # the same work pools, limits and bucket
+    init = compose["prefect-init"]["command"][0]
+    assert re.search(r"for pool in ([a-z ]+); do", init).group(1).split() == list(stack.POOLS)
+    for pool, limit in stack.POOLS.items():
+        if limit is not None:
+            assert f"set-concurrency-limit {pool} {limit}" in init
+    assert f'create_bucket(Bucket="{cfg.bucket}")' in compose["s3-init"]["command"][-1]
