@@ -6,6 +6,7 @@ own settings stay in the `hip` presets and are only overridden here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hip import storage
 from hip.errors import UserError, unknown_name
 
 
@@ -35,6 +37,11 @@ class StageSpec:
     config: str = "tiny_mnist"
     overrides: list[str] = field(default_factory=list)
     nproc_per_node: str = "1"  # an integer, or auto (all GPUs, else a capped CPU count)
+    # Multi-node (torchrun c10d): start one run of the stage per node, all with the same
+    # nnodes, rdzv_endpoint (HOST:PORT of node 0) and rdzv_id; see infra/GPU_WORKERS.md.
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "hip"
 
 
 @dataclass
@@ -46,6 +53,9 @@ class BenchmarkSpec:
     overrides: list[str] = field(default_factory=list)
     from_scratch: bool = True  # also train the same budget without pretraining (the comparison)
     nproc_per_node: str = "1"
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "hip"
 
 
 @dataclass
@@ -58,8 +68,12 @@ class PipelineConfig:
     pretrain_dataset: str = "mnist5k"
     pretrain: StageSpec = field(default_factory=StageSpec)
     benchmarks: list[BenchmarkSpec] = field(default_factory=lambda: [BenchmarkSpec()])
-    tracking_uri: str | None = None  # null -> sqlite:///<abs work_dir>/mlflow.db
-    experiment: str = "hip-pipeline"
+    tracking_uri: str | None = None  # null -> $MLFLOW_TRACKING_URI, else <work_dir>/mlflow.db
+    experiment: str = "hip-pipeline"  # the parent run and every stage's run
+    # How `stage=pipeline` runs its stages: inline (subflows in this process), deployments
+    # (each stage on its own deployment's work pool: shard/evaluate on cpu, training on gpu),
+    # or auto (deployments when the pipeline itself runs from a deployment).
+    dispatch: str = "auto"
     progress: bool = True
 
 
@@ -87,13 +101,13 @@ def load_pipeline(
     schema = OmegaConf.structured(PipelineConfig)
     try:
         cfg = OmegaConf.merge(schema, OmegaConf.create(text))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, TypeError, ValueError) as exc:
         key = getattr(exc, "full_key", None) or "?"
         raise UserError(
             f"pipeline config {origin}: bad key or value {key!r}: {str(exc).splitlines()[0]}"
         ) from None
+    for item in overrides:
+        _apply_override(cfg, item, origin)
     pipeline: PipelineConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     known = {d.name for d in pipeline.datasets}
     for ref in [pipeline.pretrain_dataset, *(b.dataset for b in pipeline.benchmarks)]:
@@ -104,8 +118,38 @@ def load_pipeline(
     return pipeline
 
 
+def pipeline_from_dict(config: dict[str, Any]) -> PipelineConfig:
+    """A resolved pipeline config sent as a deployment parameter (see flows.hip_flow)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(PipelineConfig), OmegaConf.create(config))
+    except (OmegaConfBaseException, TypeError, ValueError) as exc:
+        raise UserError(f"pipeline config parameter: {str(exc).splitlines()[0]}") from None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _apply_override(cfg: Any, item: str, origin: str) -> None:
+    """Apply one `key=value` override; list items by index (`benchmarks.0.overrides=[...]`)."""
+    key, sep, raw = str(item).partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"pipeline override {item!r}: expected key=value")
+    try:
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]  # type: ignore[index]
+        OmegaConf.update(cfg, key.strip(), value, merge=True)
+    except (OmegaConfBaseException, TypeError, ValueError, IndexError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"pipeline override {item!r} does not fit {origin}: {reason}") from None
+
+
 def tracking_uri(pipeline: PipelineConfig) -> str:
-    """The MLflow URI every stage of this pipeline uses."""
+    """The MLflow URI every stage uses: `tracking_uri`, else $MLFLOW_TRACKING_URI, else a SQLite
+    file in a local `work_dir` (a `work_dir` on S3 needs a tracking server)."""
     if pipeline.tracking_uri:
         return pipeline.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if storage.is_s3(pipeline.work_dir):
+        raise UserError(
+            f"work_dir={pipeline.work_dir} is on S3, where no SQLite tracking file can live: set "
+            "MLFLOW_TRACKING_URI (infra/stack.sh env prints it) or tracking_uri to an MLflow server"
+        )
     return f"sqlite:///{Path(pipeline.work_dir).expanduser().resolve() / 'mlflow.db'}"

@@ -117,6 +117,7 @@ class TrackingSection:
     system_metrics: bool = True  # only when psutil is installed
     log_checkpoint: bool = True
     register_model: bool = True  # finetune: register as hip-<benchmark>
+    tags: dict[str, str] = field(default_factory=dict)  # extra run tags (variant, Prefect run)
 
 
 @dataclass

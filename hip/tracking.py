@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hip import storage
 from hip.config import flatten, to_dict
 from hip.errors import UserError
 
@@ -60,8 +61,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def run_root(cfg: DictConfig) -> Path:
-    """The folder holding this run's folder (shared by runs: db and artifacts live here)."""
-    return Path(str(cfg.run.out)).expanduser().resolve().parent
+    """The local folder holding this run's folder (shared by runs: db and artifacts live here)."""
+    out = str(cfg.run.out)
+    if out.startswith("s3://"):
+        raise UserError(
+            f"run.out={out} is on S3, where no SQLite tracking file can live: point tracking.uri "
+            "(or MLFLOW_TRACKING_URI) at an MLflow server, or set tracking.enabled=false"
+        )
+    return Path(out).expanduser().resolve().parent
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -176,6 +183,7 @@ def redacted_params(config: dict[str, Any]) -> dict[str, str]:
     return {k: scrub(str(v))[:6000] for k, v in flatten(config).items()}
 
 
+MODEL_LOGGED = "hip.model_logged"  # a run's tag once its model is logged (value: registry name)
 RUN_RECORD = "mlflow-run.json"  # in a run folder: which MLflow run it logs into
 
 
@@ -242,12 +250,12 @@ def close_dead_runs(client: Any, experiment_ids: list[str] | None = None) -> lis
     return closed
 
 
-def _read_record(path: Path, uri: str) -> str | None:
-    """The run id recorded in the file `path` for tracking URI `uri`, if any."""
+def _read_record(path: str, uri: str) -> str | None:
+    """The run id recorded in the file `path` (local or S3) for tracking URI `uri`, if any."""
     import json
 
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(storage.read_bytes(path))
     except (OSError, ValueError):
         return None
     if record.get("tracking_uri") != scrub(uri) or not record.get("run_id"):
@@ -255,13 +263,11 @@ def _read_record(path: Path, uri: str) -> str | None:
     return str(record["run_id"])
 
 
-def _write_record(path: Path, uri: str, run_id: str) -> None:
+def _write_record(path: str, uri: str, run_id: str) -> None:
     import json
 
-    from hip.storage import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"tracking_uri": scrub(uri), "run_id": run_id}) + "\n")
+    record = json.dumps({"tracking_uri": scrub(uri), "run_id": run_id}) + "\n"
+    storage.write_bytes(path, record.encode())
 
 
 def _reusable(client: Any, run_id: str | None) -> Any:
@@ -299,7 +305,9 @@ class NullRun:
     def log_dataset(self, source: Any, context: str = "train") -> None:
         """Do nothing."""
 
-    def register_model(self, checkpoint: str, benchmark: str) -> None:
+    def log_model(
+        self, model: Any, example: Any, benchmark: str | None, checkpoint: str | None
+    ) -> None:
         """Do nothing."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -312,9 +320,7 @@ class NullRun:
 class StageRun(NullRun):
     """One MLflow run (a stage, child of the pipeline's parent run when there is one)."""
 
-    def __init__(
-        self, cfg: DictConfig, stage: str, source: Any = None, run_dir: Path | None = None
-    ):
+    def __init__(self, cfg: DictConfig, stage: str, source: Any = None, run_dir: str | None = None):
         import mlflow
         from mlflow.entities import RunTag
 
@@ -339,6 +345,7 @@ class StageRun(NullRun):
             tags["hip.benchmark"] = str(cfg.task.benchmark)
         if source is not None:
             tags["hip.data_fingerprint"] = str(source.fingerprint)
+        tags.update({str(k): str(v) for k, v in (cfg.tracking.tags or {}).items()})
         if parent:
             tags["mlflow.parentRunId"] = str(parent)
         system = (
@@ -349,7 +356,8 @@ class StageRun(NullRun):
         previous = None
         if run_dir is not None:
             with _quick_http():
-                previous = _reusable(self.client, _read_record(run_dir / RUN_RECORD, self.uri))
+                record = _read_record(storage.join(run_dir, RUN_RECORD), self.uri)
+                previous = _reusable(self.client, record)
         self.resumed = previous is not None
         if previous is not None:
             self.active = mlflow.start_run(
@@ -371,8 +379,10 @@ class StageRun(NullRun):
                 log_system_metrics=system,
             )
         self.run_id = self.active.info.run_id
+        self.link = run_link(self.uri, self.active.info.experiment_id, self.run_id)
+        print(f"MLflow run {self.run_id} ({stage}): {self.link}", flush=True)
         if run_dir is not None:
-            _write_record(run_dir / RUN_RECORD, self.uri, self.run_id)
+            _write_record(storage.join(run_dir, RUN_RECORD), self.uri, self.run_id)
         self._metrics: deque[Any] = deque()
         self._tags: dict[str, str] = {}
         self._deferred: list[tuple[str, Callable[[], None]]] = []  # artifacts, registry
@@ -546,20 +556,29 @@ class StageRun(NullRun):
                 ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=origin, **kwargs)
         mlflow.log_input(ds, context=context, tags={"fingerprint": str(source.fingerprint)})
 
-    def register_model(self, checkpoint: str, benchmark: str) -> None:
-        """Register the logged checkpoint as a version of the model `hip-<benchmark>`."""
-        name = registered_model_name(benchmark)
-        with contextlib.suppress(Exception):
-            self.client.create_registered_model(name)
-        source = f"{self.active.info.artifact_uri.rstrip('/')}/checkpoint"
-        call = functools.partial(
-            self.client.create_model_version,
-            name,
-            source,
-            run_id=self.run_id,
-            tags={"checkpoint": Path(checkpoint).name},
-        )
-        self._deferred.append((f"model version of {name}", call))
+    def log_model(
+        self, model: Any, example: Any, benchmark: str | None, checkpoint: str | None
+    ) -> None:
+        """Log the trained model (MLflow's pytorch flavour, signature, input example); register
+        it as a version of `hip-<benchmark>` when `benchmark` is given (deferred while the
+        server is unreachable)."""
+        from hip import export
+
+        name = registered_model_name(benchmark) if benchmark else None
+        tags = {"hip.checkpoint": str(checkpoint or "")}  # what promotion re-evaluates
+
+        if self.resumed and self.client.get_run(self.run_id).data.tags.get(MODEL_LOGGED):
+            return  # a finished run started again: its model is logged (and registered) already
+
+        def call() -> None:
+            info = export.log_model(model, example, name)
+            self.client.set_tag(self.run_id, MODEL_LOGGED, name or "unregistered")
+            version = getattr(info, "registered_model_version", None)
+            if name and version is not None:
+                for k, v in tags.items():
+                    self.client.set_model_version_tag(name, str(version), k, v)
+
+        self._deferred.append((f"model {name or 'log'}", call))
         self.flush()
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -594,10 +613,8 @@ class StageRun(NullRun):
                 TrackingUnavailableWarning,
                 stacklevel=2,
             )
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == self.run_id:
-                with contextlib.suppress(Exception):
-                    mlflow.tracking.fluent._active_run_stack.get().pop()
+            # mlflow.end_run takes the run off the active stack before it calls the server,
+            # so a later run in this process starts clean even though this call failed.
         finally:
             _restore_env("MLFLOW_TRACKING_URI", self._env_before)
 
@@ -607,7 +624,7 @@ def start_stage(
     stage: str,
     is_main: bool = True,
     source: Any = None,
-    run_dir: Path | None = None,
+    run_dir: str | None = None,
 ) -> NullRun:
     """A stage run on rank 0 when tracking is enabled, else a no-op.
 
@@ -619,9 +636,7 @@ def start_stage(
     return StageRun(cfg, stage, source, run_dir)
 
 
-def start_pipeline_run(
-    cfg: DictConfig, name: str = "pipeline", record: str | Path | None = None
-) -> str:
+def start_pipeline_run(cfg: DictConfig, name: str = "pipeline", record: str | None = None) -> str:
     """Open a parent run for a pipeline (left open for the stages); returns its id.
 
     With `record` (a JSON file in the pipeline's local work folder) the run id is kept: a
@@ -636,7 +651,7 @@ def start_pipeline_run(
         client = mlflow.MlflowClient(uri)
         exp_id = _experiment_id(client, str(cfg.tracking.experiment), artifact_location(cfg, uri))
         close_dead_runs(client)
-        path = Path(record) if record is not None else None
+        path = str(record) if record is not None else None
         previous = _reusable(client, _read_record(path, uri)) if path else None
     if previous is not None and previous.info.status != "FINISHED":
         run_id = previous.info.run_id
@@ -659,6 +674,13 @@ def end_pipeline_run(cfg: DictConfig, run_id: str, status: str = "FINISHED") -> 
     import mlflow
 
     mlflow.MlflowClient(tracking_uri(cfg)).set_terminated(run_id, status=status)
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a person finds a run: the MLflow UI page for a server, else the store and run id."""
+    if uri.startswith(("http://", "https://")):
+        return f"{scrub(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{scrub(uri)} run {run_id} (open it with `mlflow ui --backend-store-uri {scrub(uri)}`)"
 
 
 def registered_model_name(benchmark: str) -> str:
@@ -695,8 +717,11 @@ def parent_run(
     overrides = [f"tracking.uri={uri}", f"tracking.experiment={experiment}"]
     record = None
     if work_dir is not None:
-        overrides.append(f"run.out={Path(work_dir) / 'runs' / name}")
-        record = Path(work_dir) / "parent-runs" / f"{name}.json"
+        from hip.rundir import normalize
+
+        work = normalize(work_dir)
+        overrides.append(f"run.out={storage.join(storage.join(work, 'runs'), name)}")
+        record = storage.join(storage.join(work, "parent-runs"), f"{name}.json")
     cfg = load_config("pretrain", None, overrides)
     run_id = _retry(lambda: start_pipeline_run(cfg, name, record))
     status = "FAILED"

@@ -8,13 +8,16 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from hip import storage, tracking
 from hip.evaluate.run import config_for_checkpoint, evaluate
 from hip.task import get_task
+from tasks.naming import artifact_key
 
 
-def _artifact_key(text: str) -> str:
-    # Prefect artifact keys: lowercase letters, digits and dashes only.
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+def _published(out: Any, kind: str) -> str:
+    if kind not in out.files:
+        return ""
+    return storage.join(out.location, Path(out.files[kind]).name) if out.location else ""
 
 
 @task(name="evaluate", retries=2, retry_delay_seconds=[5, 20])  # MLflow may blip
@@ -25,21 +28,21 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str], label: str) -> di
     out = evaluate(cfg)
     metrics = {k: float(v) for k, v in out.result.metrics.items()}
     log.info("%s: %s", label, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    key = _artifact_key(f"{label}-report")
+    key = artifact_key(f"{label}-report")
     markdown = Path(out.files["markdown"]).read_text() if "markdown" in out.files else ""
     create_markdown_artifact(
         markdown or f"report: {out.files.get('html')}", key=key, description=label
     )
     create_table_artifact(
         [{"metric": k, "value": v} for k, v in metrics.items()],
-        key=_artifact_key(f"{label}-metrics"),
+        key=artifact_key(f"{label}-metrics"),
     )
     if out.run_id:
-        uri = str(cfg.tracking.uri or "")
+        uri = tracking.scrub(str(cfg.tracking.uri or ""))
         create_link_artifact(
-            f"{uri}#/runs/{out.run_id}" if uri.startswith("http") else f"mlflow-run:{out.run_id}",
+            out.link if out.link.startswith("http") else f"mlflow-run:{out.run_id}",
             link_text=f"MLflow run {out.run_id}",
-            key=_artifact_key(f"{label}-mlflow"),
+            key=artifact_key(f"{label}-mlflow"),
             description=f"MLflow run of {label} (tracking URI {uri or 'default'})",
         )
     task = get_task(out.result.task)
@@ -51,7 +54,8 @@ def evaluate_checkpoint(checkpoint: str, overrides: list[str], label: str) -> di
         "checkpoint": checkpoint,
         "metrics": metrics,
         "classes": [str(n) for n in out.result.label_names],
-        "report": str(out.files.get("html", "")),
-        "report_md": str(out.files.get("markdown", "")),
+        # Where the report was published (beside the run, on S3 when the run is there).
+        "report": _published(out, "html"),
+        "report_md": _published(out, "markdown"),
         "mlflow_run_id": out.run_id,
     }

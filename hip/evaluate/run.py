@@ -11,23 +11,27 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hip import checkpoint as ckpt
+from hip import storage
 from hip.config import from_dict, validate
 from hip.data.dataset import open_dataset
 from hip.distributed import pick_device
 from hip.errors import UserError
 from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
+from hip.rundir import RunFolder, run_of_checkpoint
 from hip.runlog import read_metrics
 
 
 @dataclass
 class EvaluateOutput:
-    """Metrics, the files written and the MLflow run id."""
+    """Metrics, the files written (local copies), where they were published, the MLflow run id."""
 
     result: EvalResult
     files: dict[str, Path]
     checkpoint: str
     run_id: str | None
+    location: str = ""  # where the report folder lives (local path or s3:// URI)
+    link: str = ""  # the MLflow run's page
 
 
 def find_checkpoint(cfg: DictConfig) -> str:
@@ -35,7 +39,7 @@ def find_checkpoint(cfg: DictConfig) -> str:
     if cfg.eval.checkpoint:
         return str(cfg.eval.checkpoint)
     found = ckpt.latest(
-        str(cfg.run.checkpoint_dir or Path(str(cfg.run.out)).expanduser() / "checkpoints")
+        str(cfg.run.checkpoint_dir or ckpt.run_checkpoint_dir(RunFolder(str(cfg.run.out)).uri))
     )
     if not found:
         raise UserError(
@@ -122,8 +126,10 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
         seed=int(cfg.run.seed),
         num_reconstructions=int(cfg.eval.reconstructions),
     )
-    run_dir = Path(path).parent.parent if "://" not in path else Path(str(cfg.run.out))
-    out = Path(str(cfg.eval.out)) if cfg.eval.out else Path(str(cfg.run.out)).expanduser() / "eval"
+    # The report goes next to the checkpoint's run (or to eval.out), on S3 as locally: it is
+    # written in a local working copy first and uploaded.
+    trained = RunFolder(run_of_checkpoint(path))
+    out = RunFolder(str(cfg.eval.out) if cfg.eval.out else storage.join(str(cfg.run.out), "eval"))
     extra: dict[str, Any] = {
         "benchmark": meta.get("benchmark") or "",
         "checkpoint": path,
@@ -132,7 +138,9 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
         "data": source.fingerprint,
     }
     title = f"HiP {task} evaluation" + (f" on {meta['benchmark']}" if meta.get("benchmark") else "")
-    files = write_report(result, out, read_metrics(run_dir / "metrics.jsonl"), title, extra)
+    history = read_metrics(trained.fetch("metrics.jsonl"))
+    files = write_report(result, out.local, history, title, extra)
+    out.push_all()
     tracker = tracking.start_stage(cfg, "evaluate", is_main=True, source=source)
     try:
         tracker.log_params(
@@ -141,10 +149,12 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
         tracker.log_metrics(
             {f"eval_{k}": v for k, v in result.metrics.items()}, int(payload["step"])
         )
-        tracker.log_artifact(str(out), "report")
-        run_id = tracker.run_id
+        tracker.log_artifact(str(out.local), "report")
+        run_id, link = tracker.run_id, getattr(tracker, "link", "")
     except BaseException:
         tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
-    return EvaluateOutput(result=result, files=files, checkpoint=path, run_id=run_id)
+    return EvaluateOutput(
+        result=result, files=files, checkpoint=path, run_id=run_id, location=out.uri, link=link
+    )

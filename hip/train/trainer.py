@@ -14,7 +14,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +23,11 @@ from torch import nn
 
 from hip import checkpoint as ckpt
 from hip import distributed as hdist
+from hip import export
 from hip.config import to_dict
 from hip.data.dataset import Dataset, infinite, open_dataset
 from hip.errors import UserError
+from hip.rundir import RunFolder
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
 from hip.train import step as hstep
@@ -146,10 +147,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.wrapped, cfg.optim, self.lr, info.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.generator = torch.Generator().manual_seed(self.seed * 1000 + info.rank)
-        self.run_dir = Path(str(cfg.run.out)).expanduser().resolve()
+        self.run = RunFolder(str(cfg.run.out))  # local, or s3:// shared by every host
+        self.run_dir = self.run.local  # the working copy of metrics.jsonl
         self.resolved = to_dict(cfg)
         self.checkpointer = Checkpointer(
-            folder=str(cfg.run.checkpoint_dir or ckpt.run_checkpoint_dir(self.run_dir)),
+            folder=str(cfg.run.checkpoint_dir or ckpt.run_checkpoint_dir(self.run.uri)),
             info=info,
             strategy=self.strategy,
             keep_last=int(cfg.run.keep_last),
@@ -159,6 +161,7 @@ class Trainer:
         self.state, self.last_checkpoint = TrainState(), None
         self.history: list[dict[str, Any]] = []
         self.batches_seen = 0
+        self._last_line = time.monotonic()  # when the last plain progress line was printed
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -171,7 +174,10 @@ class Trainer:
         self.metrics_log = None
         if info.is_main:  # rank 0 alone writes the log (trimmed to the checkpoint on resume)
             keep = self.state.step if resumed else None
-            self.metrics_log = MetricsLog(self.run_dir / "metrics.jsonl", keep)
+            path = (
+                self.run.fetch("metrics.jsonl") if resumed else self.run.local_path("metrics.jsonl")
+            )
+            self.metrics_log = MetricsLog(path, keep)
             derived = {"peak_lr": self.lr, "global_batch": self.global_batch}
             self.tracker.log_params(
                 {**self.resolved, "derived": {**derived, "world_size": info.world_size}}
@@ -211,7 +217,7 @@ class Trainer:
             bar.close()
         eval_metrics = self._finish(total)
         return TrainResult(
-            run_dir=str(self.run_dir),
+            run_dir=self.run.uri,
             checkpoint=self.last_checkpoint,
             step=self.state.step,
             history=self.history,
@@ -288,6 +294,8 @@ class Trainer:
             self.state, self.wrapped, self.optimizer, self.scheduler, self.generator
         )
         self.last_checkpoint = path or self.last_checkpoint
+        if self.info.is_main:  # the log up to this checkpoint goes where the checkpoint went
+            self.run.push("metrics.jsonl")
         self.timer.finish(0)
 
     # -- the pieces of the loop ----------------------------------------------------------------
@@ -344,8 +352,12 @@ class Trainer:
         if step % int(self.cfg.run.log_every) == 0 or step == total:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
         bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-        # Without a bar (logs, orchestrators), a plain line every ~10% of the run instead.
-        if not self.cfg.run.progress and (step % max(1, total // 10) == 0 or step == total):
+        # Without a bar (logs, orchestrators), a plain line at the first step, every ~10% of
+        # the run and at least once a minute instead (orchestrators turn it into progress).
+        now = time.monotonic()
+        due = step == 1 or step % max(1, total // 10) == 0 or step == total
+        if not self.cfg.run.progress and (due or now - self._last_line >= 60):
+            self._last_line = now
             print(
                 f"{self.task.stage} step {step}/{total}: loss {record['loss']:.4f}, lr "
                 f"{record['lr']:.2e}, {record.get('samples_per_s', 0.0):.0f} samples/s",
@@ -357,17 +369,27 @@ class Trainer:
         if not self.info.is_main:
             return {}
         metrics: dict[str, Any] = {}
+        model = hdist.unwrap(self.model)
+        if self.strategy == "fsdp" and self.last_checkpoint:  # unsharded, from the checkpoint
+            model = ckpt.load_model(self.last_checkpoint)[0]
         if self.state.step >= total and self.evaluator is not None:
-            model = hdist.unwrap(self.model)
-            if self.strategy == "fsdp":  # evaluated unsharded, from the checkpoint just written
-                model = ckpt.load_model(self.last_checkpoint)[0]
             metrics = self.evaluator(model).metrics
             self.tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, self.state.step)
         if self.last_checkpoint:
             self.tracker.log_checkpoint(self.last_checkpoint)
+        if self.task.stage == "finetune" and self.tracker.run_id and self.state.step >= total:
+            # The model as MLflow users load it (once per run, also when a finished run is
+            # started again); registered only when asked, so never a from-scratch baseline.
             benchmark = self.cfg.task.benchmark
-            if self.task.stage == "finetune" and benchmark and self.cfg.tracking.register_model:
-                self.tracker.register_model(self.last_checkpoint, str(benchmark))
+            register = bool(benchmark) and bool(self.cfg.tracking.register_model)
+            split = str(self.cfg.data.eval_split or self.cfg.data.split)
+            self.tracker.log_model(
+                model,
+                export.example_inputs(self.source, split),
+                str(benchmark) if register else None,
+                self.last_checkpoint,
+            )
+        self.run.push("metrics.jsonl")
         self.tracker.log_artifact(str(self.run_dir / "metrics.jsonl"))
         return metrics
 
@@ -421,7 +443,7 @@ def _assemble_and_train(
         )
     own_tracker = tracker is None
     if own_tracker:  # first, so that an unreachable MLflow fails before any work
-        run_dir = Path(str(cfg.run.out)).expanduser().resolve()
+        run_dir = RunFolder(str(cfg.run.out)).uri
         tracker = tracking.start_stage(
             cfg,
             get_task(cfg.task.type).stage,
@@ -431,6 +453,10 @@ def _assemble_and_train(
         )
     try:
         result = Trainer(cfg, info, source, tracker, evaluator).train()
+    except (KeyboardInterrupt, SystemExit):  # interrupted or terminated, not failed
+        if own_tracker:
+            tracker.end("KILLED")
+        raise
     except BaseException:
         if own_tracker:
             tracker.end("FAILED")

