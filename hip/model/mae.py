@@ -79,7 +79,7 @@ class MAE(nn.Module):
         tokens, so the full-size `[B, G, L, E]` embedding is never built (the same numbers as
         `gather_groups(model.group_inputs(inputs), mask.keep)`: the embedding is per token).
         """
-        inputs = self.model.check_inputs(inputs)  # shapes only: no device work
+        inputs = self.model.check_inputs(inputs, require_all=True)  # shapes only: no device work
         pos = self.model.positions()
         parts = []
         for m in self.model.plan.modalities:
@@ -116,7 +116,7 @@ class MAE(nn.Module):
         mask: GroupMask | None = None,
     ) -> MAEOutput:
         """One MAE pass: mask, encode the visible tokens, predict the masked ones, MSE loss."""
-        inputs = self.model.check_inputs(inputs)
+        inputs = self.model.check_inputs(inputs, require_all=True)
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
@@ -152,7 +152,7 @@ class MAE(nn.Module):
         tokens only), `masked` a bool `[B, M]` (True = hidden), `composite` the visible input
         with predictions pasted into the hidden positions (the MAE paper's figure).
         """
-        inputs = self.model.check_inputs(inputs)
+        inputs = self.model.check_inputs(inputs, require_all=True)
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
