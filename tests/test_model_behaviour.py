@@ -270,5 +270,8 @@ def test_modality_helpers_flatten_in_raster_order():
     chw = torch.arange(3 * 2 * 2).view(3, 2, 2)
     assert torch.equal(image_to_tokens(chw, channels_last=False)[1], chw[:, 0, 1])
     assert audio_to_tokens(torch.zeros(4, 8000)).shape == (4, 8000, 1)
+    wave = np.arange(1, 21, dtype=np.float32)
+    tokens = audio_to_tokens(wave, samples_per_token=8)  # the end padded with silence
+    assert tokens.shape == (3, 8) and (tokens[1] == wave[8:16]).all() and tokens[2, 4:].sum() == 0
     vid = torch.randn(2, 3, 4, 5, 3)
     assert torch.equal(tokens_to_video(video_to_tokens(vid), 3, 4, 5), vid)
