@@ -147,7 +147,16 @@ class MAE(nn.Module):
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
-        z = self.encode_visible(inputs, mask)
+        return self.loss_from_latents(inputs, mask, self.encode_visible(inputs, mask))
+
+    def loss_from_latents(
+        self, inputs: Mapping[str, torch.Tensor], mask: GroupMask, z: torch.Tensor
+    ) -> MAEOutput:
+        """Predict the masked tokens from the last latents `z` `[B, G, K, D]`; MSE loss.
+
+        Split from `forward` so a model that runs the encoder itself (the class bottleneck's
+        joint MAE + classification) shares the loss.
+        """
         queries = gather_positions(self.model.grouped_positions()[0], mask.masked)
         preds = self.model.reconstruct(z, queries)
         weight = mask.masked_is_real()
