@@ -45,6 +45,9 @@ class DataSection:
     eval_batch_size: int | None = None
     num_workers: int = 0
     limit: int | None = None  # use at most this many samples per split (smoke tests)
+    # Audio token width at load time (the shards keep the raw waveform); null: the manifest's
+    # (set when sharding, default 16). docs/DATA.md says why.
+    audio_samples_per_token: int | None = None
 
 
 @dataclass

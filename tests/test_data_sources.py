@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from hip.data import loader, read_manifest, shard, verify
+from hip.data.dataset import manifest_dataset
 from hip.errors import UserError
 from tests import needs
 
@@ -60,11 +61,18 @@ def test_fsdd_preset_split_and_fixed_length(tmp_path):
     m = shard("audiofolder", root, tmp_path, "test", preset="fsdd", limit=2)
     info = m.splits["test"]
     assert info.num_samples == 20
-    assert m.modalities["audio"]["shape"] == [8000, 1]
+    # 16 consecutive samples per token by default (docs/DATA.md), as the official test's audio
+    assert m.modalities["audio"]["shape"] == [500, 16]
+    assert m.modalities["audio"]["samples_per_token"] == 16
     assert m.modalities["audio"]["sample_rate"] == 8000
     b = one_batch(tmp_path, "test", 20)
-    assert b["inputs"]["audio"].shape == (20, 8000, 1)
+    assert b["inputs"]["audio"].shape == (20, 500, 16)
     assert b["inputs"]["audio"].abs().max() <= 1.0 and b["inputs"]["audio"].abs().max() > 0.01
+    # the shards keep the raw waveform: the token width can change at load time
+    wide = manifest_dataset(str(tmp_path), audio_samples_per_token=1)
+    assert wide.modalities["audio"] == (8000, 1)
+    batch = next(wide.batches("test", 20, train=False))
+    assert torch.equal(batch["inputs"]["audio"].reshape(20, 500, 16), b["inputs"]["audio"])
     # only index 0-4 belong to the official test split
     assert all(int(k.rsplit("_", 1)[1]) <= 4 for k in b["key"])
     # the same tool writes the train split into the same directory; the manifest keeps both
@@ -97,7 +105,8 @@ def test_audiofolder_regex_and_folders(tmp_path):
     b = one_batch(tmp_path / "o", "train", 6)
     yes = b["label"] == 1
     assert torch.allclose(b["inputs"]["audio"][yes, 0, 0], torch.tensor(1000 / 32768))
-    assert b["inputs"]["audio"][0, 120, 0] == 0  # padded with silence
+    assert b["inputs"]["audio"].shape == (6, 8, 16)  # 128 samples, 16 per token
+    assert b["inputs"]["audio"][0, 7, 8] == 0  # sample 120: padded with silence
     with pytest.raises(UserError, match="clip-seconds"):
         shard("audiofolder", src, tmp_path / "o2", pattern=r"^(?P<label>[a-z]+)-")
 
@@ -207,11 +216,11 @@ def test_audioset_multilabel_audio_and_video(tmp_path):
     assert any(s["input"] == "missingCCC" for s in info.skipped)
     # one clip has video, one has not: the mp4 defines the modalities, the wav is reported
     assert info.num_samples == 1 and m.modalities["video"]["shape"] == [5 * 64, 3]
-    assert m.modalities["audio"]["shape"] == [8000, 1]
+    assert m.modalities["audio"]["shape"] == [500, 16]
     assert any("wavBBB" in s["input"] and "differs" in s["reason"] for s in info.skipped)
     b = one_batch(tmp_path / "o", "train", 1)
     assert b["label"].tolist() == [[1.0, 1.0, 0.0]]
-    assert b["inputs"]["video"].shape == (1, 320, 3) and b["inputs"]["audio"].shape == (1, 8000, 1)
+    assert b["inputs"]["video"].shape == (1, 320, 3) and b["inputs"]["audio"].shape == (1, 500, 16)
     # frames advance in time: the clip brightens frame by frame
     frames = b["inputs"]["video"].reshape(5, 64, 3).mean(dim=(1, 2))
     assert torch.all(frames[1:] > frames[:-1])

@@ -12,7 +12,7 @@ from hip.model import MAE, MAEConfig, create_model, create_task_model, load_pret
 from hip.model.blocks import regroup
 from hip.model.grouping import assign_groups, group, plan_groups, ungroup
 from hip.model.layers import Attention
-from hip.model.masking import groupwise_mask, num_kept
+from hip.model.masking import groupwise_mask, kept_per_group, num_kept
 from hip.model.modalities import (
     audio_to_tokens,
     image_to_tokens,
@@ -86,9 +86,44 @@ def test_padding_is_never_visible_nor_in_the_loss():
     mask = groupwise_mask(plan, 8, 0.5, torch.Generator().manual_seed(0))
     real = plan.real_tokens()
     g = torch.arange(16)[None, :, None]
-    assert real[g, mask.keep].all()
+    assert real[g, mask.keep][mask.keep_valid().expand(8, -1, -1)].all()
     weight = mask.masked_is_real()
-    assert int(weight.sum()) == 8 * (int(real.sum()) - 16 * mask.keep.shape[-1])
+    assert int(weight.sum()) == 8 * (int(real.sum()) - sum(kept_per_group(plan, 0.5)))
+    hidden = mask.dense() & real  # every real token is either visible or in the loss, once
+    assert int(hidden.sum()) == int(weight.sum())
+
+
+def test_every_modality_is_masked_at_the_ratio_beside_a_much_bigger_one():
+    # A 224x224 image beside a 7-token modality: the old rule (one count, from the smallest
+    # group) kept 1 pixel per image group, i.e. masked 99.97% of the image.
+    plan = plan_groups(16, {"image": 224 * 224, "tag": 7})
+    mask = groupwise_mask(plan, 2, 0.75, torch.Generator().manual_seed(0))
+    visible = (~mask.dense()) & plan.real_tokens()
+    for m in plan.modalities:
+        shown = int(visible[:, m.groups].sum()) / (2 * m.length)
+        assert abs(shown - 0.25) < 0.5 / m.length + 0.01, (m.name, shown)
+    # 3346 pixels per image group (the last 3332), 7 tags in one group
+    assert kept_per_group(plan, 0.75) == [836] * 14 + [833, 2]
+
+
+def test_mae_on_unbalanced_modalities_hides_fillers_and_learns_both():
+    mods = {"image": (16 * 16, 1), "tag": (7, 2)}
+    mae = MAE(create_model("tiny", mods), MAEConfig(mask_ratio=0.5))
+    x = {"image": torch.rand(3, 256, 1), "tag": torch.rand(3, 7, 2)}
+    mask = mae.sample_mask(3, torch.Generator().manual_seed(1))
+    tokens = mae.visible_tokens(x, mask)
+    fillers = ~mask.keep_valid()
+    assert fillers.any() and torch.count_nonzero(tokens[:, fillers]) == 0
+    out = mae(x, mask=mask)
+    assert torch.isfinite(out.loss)
+    y = {k: v.clone() for k, v in x.items()}
+    y["tag"][:, :, :] = y["tag"] + 1.0  # the tag's error counts in the loss
+    assert mae(y, mask=mask).loss != out.loss
+
+
+def test_mae_refuses_a_modality_it_could_not_mask():
+    with pytest.raises(ValueError, match="has 1 element\\(s\\)"):
+        MAE(create_model("tiny", {"image": (1, 1)}))
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -235,5 +270,8 @@ def test_modality_helpers_flatten_in_raster_order():
     chw = torch.arange(3 * 2 * 2).view(3, 2, 2)
     assert torch.equal(image_to_tokens(chw, channels_last=False)[1], chw[:, 0, 1])
     assert audio_to_tokens(torch.zeros(4, 8000)).shape == (4, 8000, 1)
+    wave = np.arange(1, 21, dtype=np.float32)
+    tokens = audio_to_tokens(wave, samples_per_token=8)  # the end padded with silence
+    assert tokens.shape == (3, 8) and (tokens[1] == wave[8:16]).all() and tokens[2, 4:].sum() == 0
     vid = torch.randn(2, 3, 4, 5, 3)
     assert torch.equal(tokens_to_video(video_to_tokens(vid), 3, 4, 5), vid)

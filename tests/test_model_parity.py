@@ -105,3 +105,41 @@ def test_config_errors_name_the_problem():
         create_model("tiny", {"image": (64, 3)})({"image": torch.zeros(1, 64, 4)})
     with pytest.raises(ValueError, match="missing modalities \\['image'\\]"):
         create_model("tiny", {"image": (64, 3)})({"audio": torch.zeros(1, 64, 3)})
+
+
+# -- wave 2 golden cases (tests/fixtures/wave2_README.md) -------------------------------------
+
+WAVE2 = ["posenc_multi_short", "class_bottleneck", "processor_eval_latents"]
+
+
+def _wave2(name: str) -> tuple[dict, dict]:
+    cfg = json.loads((FIXTURES / f"{name}.json").read_text())
+    data = np.load(FIXTURES / f"{name}.npz")
+    return cfg, {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize("name", WAVE2)
+def test_wave2_official_json_builds_the_official_parameter_count(name):
+    cfg, _ = _wave2(name)
+    model = create_model(cfg, {m: tuple(s[1:]) for m, s in cfg["inputs"].items()})
+    assert sum(p.numel() for p in model.parameters()) == cfg["num_params"]
+
+
+@pytest.mark.parametrize("name", WAVE2)
+def test_wave2_outputs_match_official_code_for_every_modality(name):
+    cfg, golden = _wave2(name)
+    model = create_model(cfg, {m: tuple(s[1:]) for m, s in cfg["inputs"].items()}).eval()
+    params = _params(golden)
+    assert set(haiku_names(model)) == {k.removeprefix("param::") for k in params}
+    load_haiku_params(model, params)  # raises on anything missing, left over or mis-shaped
+    with torch.no_grad():
+        out = model({m: torch.from_numpy(golden[f"input::{m}"]) for m in cfg["inputs"]})
+    assert set(out["input_reconstruction"]) == set(cfg["inputs"])  # labels included
+    for m in cfg["inputs"]:
+        want = golden[f"output::input_reconstruction::{m}"]
+        got = out["input_reconstruction"][m].numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-5, m
+        if f"output::latents::{m}" in golden:
+            lat = golden[f"output::latents::{m}"]
+            assert np.abs(out["latents"][m].numpy() - lat).max() <= 1e-5, m

@@ -27,6 +27,8 @@ def test_every_task_type_names_its_headline_metric_and_direction():
         "classification": ("top1", True),
         "multilabel": ("mAP", True),
         "segmentation": ("mIoU", True),
+        "class_bottleneck": ("top1", True),
+        "class_bottleneck_mae": ("top1", True),
     }
     assert get_task("mae").better(0.01, 0.02) and get_task("classification").better(0.9, 0.8)
     assert {get_task(n).stage for n in task_names()} == {"pretrain", "finetune"}

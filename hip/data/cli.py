@@ -74,6 +74,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--clip-seconds", type=float, help="audio: pad with silence / crop to S seconds")
     p.add_argument("--audio-length", type=int, help="audio: pad / crop to N samples")
     p.add_argument(
+        "--audio-samples-per-token",
+        type=int,
+        help="audio: consecutive samples per token (default 16, see docs/DATA.md)",
+    )
+    p.add_argument(
         "--audio-crop", choices=["start", "center"], default=None, help="where long clips are cut"
     )
     p.add_argument("--fps", type=float, help="video: frames per second kept")
@@ -99,7 +104,7 @@ def register(subparsers: Any) -> None:
 _OPTION_KEYS = [
     "limit", "resize", "channels", "image_format", "sample_rate", "clip_seconds", "audio_length",
     "audio_crop", "fps", "video_size", "pattern", "split_pattern", "preset", "segments_csv",
-    "class_index_csv", "mask_mode",
+    "class_index_csv", "mask_mode", "audio_samples_per_token",
 ]  # fmt: skip
 
 

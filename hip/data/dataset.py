@@ -125,7 +125,7 @@ class Dataset:
         from hip.data.loader import warn_and_skip
 
         it = hd.loader(
-            self.manifest_path,
+            self.manifest if self.manifest is not None else self.manifest_path,
             split,
             batch_size,
             train=train,
@@ -249,11 +249,23 @@ def builtin_dataset(name: str) -> Dataset:
     )
 
 
-def manifest_dataset(path: str) -> Dataset:
-    """A hip.data shard manifest (path to manifest.json, its folder, or a URI)."""
+def manifest_dataset(path: str, audio_samples_per_token: int | None = None) -> Dataset:
+    """A hip.data shard manifest (path to manifest.json, its folder, or a URI).
+
+    `audio_samples_per_token` re-cuts the audio tokens at load time (shards store the raw
+    waveform); None keeps the manifest's.
+    """
     from hip.data.manifest import read_manifest
+    from hip.model.modalities import audio_to_tokens
 
     manifest = read_manifest(path)
+    audio = manifest.modalities.get("audio")
+    if audio_samples_per_token is not None and audio is not None:
+        n = int(audio_samples_per_token)
+        if n < 1:
+            raise UserError(f"data.audio_samples_per_token must be >= 1, got {n}")
+        audio["shape"] = list(audio_to_tokens(np.zeros(int(audio["length"])), n).shape)
+        audio["samples_per_token"] = n
     mods = {k: tuple(int(v) for v in info["shape"]) for k, info in manifest.modalities.items()}
     ident = {
         name: info.fingerprint or [sh.sha256 for sh in info.shards]
@@ -289,7 +301,7 @@ def open_dataset(data_cfg: Any) -> Dataset:
 
     manifest = None if OmegaConf.is_missing(data_cfg, "manifest") else data_cfg.manifest
     if manifest:
-        return manifest_dataset(str(manifest))
+        return manifest_dataset(str(manifest), getattr(data_cfg, "audio_samples_per_token", None))
     if data_cfg.source:
         return builtin_dataset(str(data_cfg.source))
     raise UserError(

@@ -108,7 +108,9 @@ class Decoder:
                     x = (x - torch.tensor(spec["mean"])) / torch.tensor(spec["std"]).clamp_min(1e-6)
             elif name == "audio":
                 arr = np.load(io.BytesIO(sample["audio.npy"]), allow_pickle=False)
-                x = torch.from_numpy(audio_to_tokens(arr.astype(np.float32) / 32768.0))
+                # Manifests from before samples_per_token stored one sample per token.
+                n = int(spec.get("samples_per_token", 1))
+                x = torch.from_numpy(audio_to_tokens(arr.astype(np.float32) / 32768.0, n))
             elif name == "video":
                 arr = np.load(io.BytesIO(sample["video.npy"]), allow_pickle=False)
                 x = torch.from_numpy(video_to_tokens(arr.astype(np.float32) / 255.0))

@@ -52,7 +52,12 @@ from hip.data.sources import (
     shuffled,
 )
 from hip.errors import UserError
-from hip.model.modalities import audio_to_tokens, image_to_tokens, video_to_tokens
+from hip.model.modalities import (
+    AUDIO_SAMPLES_PER_TOKEN,
+    audio_to_tokens,
+    image_to_tokens,
+    video_to_tokens,
+)
 
 DEFAULT_MAX_COUNT = 10_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -106,10 +111,12 @@ def _spec(raw: dict[str, np.ndarray], opts: SourceOptions) -> dict[str, dict[str
         }  # fmt: skip
     if "audio" in raw:
         t = raw["audio"].shape[0]
+        n = opts.audio_samples_per_token  # the stored waveform stays raw: the loader cuts tokens
         spec["audio"] = {
-            "shape": list(audio_to_tokens(raw["audio"]).shape), "dtype": "float32",
+            "shape": list(audio_to_tokens(raw["audio"], n).shape), "dtype": "float32",
             "stored_dtype": "int16", "encoding": "npy", "length": t,
             "sample_rate": int(raw["_sample_rate"]), "range": [-1.0, 1.0],
+            "samples_per_token": n,
         }  # fmt: skip
     if "video" in raw:
         t, h, w, c = raw["video"].shape
@@ -315,12 +322,21 @@ class _Stats:
         self.mask_max = max(self.mask_max, d.get("mask_max", -1))
 
 
+# Sources that can yield audio (csv can too, but only with an explicit audio column list).
+AUDIO_SOURCES = ("audiofolder", "audioset", "csv")
+
+
 def _fingerprint(
     src: Source, opts: SourceOptions, split: str, max_count: int, max_bytes: int, seed: int | None
 ) -> str:
+    options = dataclasses.asdict(opts)
+    # Added in issue 16: left out where it cannot matter (no audio, default value) so image
+    # shards made before it keep their fingerprint and are not re-sharded.
+    if src.type not in AUDIO_SOURCES and opts.audio_samples_per_token == AUDIO_SAMPLES_PER_TOKEN:
+        del options["audio_samples_per_token"]
     blob = json.dumps(
         {
-            "type": src.type, "description": src.description, "options": dataclasses.asdict(opts),
+            "type": src.type, "description": src.description, "options": options,
             "split": split, "max_count": max_count, "max_bytes": max_bytes, "seed": seed,
             "keys": [(i.key, i.label, i.origin) for i in src.items],
         },

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from hip.errors import UserError
+from hip.model.modalities import AUDIO_SAMPLES_PER_TOKEN
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 AUDIO_EXTS = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
@@ -61,6 +62,7 @@ class SourceOptions:
     clip_seconds: float | None = None  # fixed audio length in seconds (pad with 0 or crop)
     audio_length: int | None = None  # fixed audio length in samples (overrides clip_seconds)
     audio_crop: str = "start"  # start | center
+    audio_samples_per_token: int = AUDIO_SAMPLES_PER_TOKEN  # audio token width (docs/DATA.md)
     fps: float = 4.0  # video frames per second kept
     video_size: tuple[int, int] = (32, 32)  # (H, W) of decoded frames
     pattern: str | None = None  # audiofolder: regex with a named group `label`

@@ -1,5 +1,6 @@
 """The HiP model: architecture, presets, MAE, task heads and the Haiku weight converter."""
 
+from hip.model.class_bottleneck import HiPClassBottleneck
 from hip.model.heads import HiPClassifier, HiPSegmenter, create_task_model, load_pretrained
 from hip.model.hip import HiP, create_model
 from hip.model.mae import MAE, MAEConfig, MAEOutput
@@ -8,6 +9,7 @@ from hip.model.presets import HiPConfig, available_presets, make_config
 __all__ = [
     "MAE",
     "HiP",
+    "HiPClassBottleneck",
     "HiPClassifier",
     "HiPConfig",
     "HiPSegmenter",

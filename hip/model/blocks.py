@@ -108,6 +108,9 @@ class HiPBlock(nn.Module):
     Every group owns its latents (a `[G*K, D]` table viewed as `[G, K, D]`) while the
     attention and MLP weights are shared across groups. Decoder blocks add the (projected)
     output of their mirrored encoder block to the latents before the cross-attention.
+    `num_latents_train < num_latents` (the official processor_index_dim_train/eval): the table
+    holds the eval-time latents and, in training mode, every (sample, group) cross-attends
+    from its own random subset of `num_latents_train` of them, drawn without replacement.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class HiPBlock(nn.Module):
         activation: str = "sq_relu",
         dropout: float = 0.0,
         drop_path: float = 0.0,
+        num_latents_train: int | None = None,
     ):
         super().__init__()
         if channels % num_heads or channels % cross_heads:
@@ -135,6 +139,11 @@ class HiPBlock(nn.Module):
             )
         self.num_groups = num_groups
         self.num_latents = num_latents
+        self.num_latents_train = num_latents_train or num_latents
+        if self.num_latents_train > num_latents:
+            raise ValueError(
+                f"train-time latents ({self.num_latents_train}) exceed the {num_latents} latents"
+            )
         self.regroup_inputs = regroup_inputs
         self.regroup_type = regroup_type
         self.latents = nn.Parameter(torch.empty(num_groups * num_latents, channels))
@@ -161,9 +170,22 @@ class HiPBlock(nn.Module):
         z = self.latents.view(1, self.num_groups, self.num_latents, -1).expand(
             x.shape[0], -1, -1, -1
         )
+        if self.training and self.num_latents_train < self.num_latents:
+            z = self.subsample_latents(z)
         if skip is not None:
             z = z + (self.skip_proj(skip) if self.skip_proj is not None else skip)
         z = self.cross(z, x)
         for layer in self.layers:
             z = layer(z)
         return z
+
+    def subsample_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """`[B, G, K_eval, D]` -> `[B, G, K_train, D]`: a random subset per (sample, group).
+
+        The first K_train of a uniform random permutation (argsort of uniform noise) gives a
+        subset without replacement, like the official shuffle-and-slice; a gather replaces its
+        one-hot matmul (same values, no K_train x K_eval matrix).
+        """
+        b, g, k, d = z.shape
+        order = torch.rand(b, g, k, device=z.device).argsort(dim=-1)[..., : self.num_latents_train]
+        return torch.gather(z, 2, order.unsqueeze(-1).expand(-1, -1, -1, d))

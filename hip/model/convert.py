@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hip.model.blocks import CrossAttention, HiPBlock
+from hip.model.class_bottleneck import HiPClassBottleneck
 from hip.model.hip import HiP
 from hip.model.layers import MLP, Attention
 
@@ -72,22 +73,58 @@ def _block(prefix: str, block: HiPBlock) -> dict[str, tuple[torch.Tensor, bool]]
     return out
 
 
+def _numbered(name: str, i: int) -> str:
+    """Haiku's unique module names: `name`, `name_1`, `name_2`, ..."""
+    return name if i == 0 else f"{name}_{i}"
+
+
+def _labels(model: HiPClassBottleneck) -> dict[str, tuple[torch.Tensor, bool]]:
+    # The official template builds one Embedder and one PositionEncoder per label of a call
+    # (embedder_1, position_encoder_1, ... after the main ones) and its label
+    # ReconstructionHead first, so the label head is `reconstruction_head`.
+    names: dict[str, tuple[torch.Tensor, bool]] = {}
+    for j, k in enumerate(model.labels, start=1):
+        names.update(
+            _linear(f"{_ROOT}/{_numbered('embedder', j)}/~embed/embed_{k}", model.label_embed[k])
+        )
+        names.update(
+            _linear(
+                f"{_ROOT}/{_numbered('embedder', j)}/~unembed/unembed_{k}", model.label_unembed[k]
+            )
+        )
+        names[f"{_ROOT}/{_numbered('position_encoder', j)}/pos_emb_mae_{k}::pos_embs"] = (
+            model.label_pos[k],
+            False,
+        )
+    names.update(_cross(f"{_ROOT}/reconstruction_head/hi_p_cross_attention", model.label_head))
+    return names
+
+
 def haiku_names(model: HiP) -> dict[str, tuple[torch.Tensor, bool]]:
-    """Map every official Haiku parameter name to (our tensor, transpose?)."""
+    """Map every official Haiku parameter name to (our tensor, transpose?).
+
+    Modality-slot names (position_encoding_linear_<i>, the bottleneck's embedder_<j>) follow
+    the model's modality order: the official names when all modalities were called together.
+    """
+    bottleneck = isinstance(model, HiPClassBottleneck)
     names: dict[str, tuple[torch.Tensor, bool]] = {}
     for k in model.modalities:
         names.update(_linear(f"{_ROOT}/embedder/~embed/embed_{k}", model.embed[k]))
         names[f"{_ROOT}/position_encoder/pos_emb_mae_{k}::pos_embs"] = (model.pos[k], False)
         if model.with_decoder:
             names.update(_linear(f"{_ROOT}/embedder/~unembed/unembed_{k}", model.unembed[k]))
-    if model.pos_proj is not None:
-        names.update(_linear(f"{_ROOT}/position_encoder/position_encoding_linear", model.pos_proj))
+    for i, proj in enumerate(model.pos_proj or ()):
+        linear_name = _numbered("position_encoding_linear", i)
+        names.update(_linear(f"{_ROOT}/position_encoder/{linear_name}", proj))
+    block_name = "perceiver_block" if bottleneck else "block"
     for i, block in enumerate(model.blocks):
-        names.update(_block(f"{_ROOT}/block_{i}", block))
+        names.update(_block(f"{_ROOT}/{block_name}_{i}", block))
+    head = "reconstruction_head"
+    if bottleneck:
+        names.update(_labels(model))
+        head = "reconstruction_head_1"
     if model.with_decoder:
-        names.update(
-            _cross(f"{_ROOT}/reconstruction_head/hi_p_cross_attention", model.reconstruction_head)
-        )
+        names.update(_cross(f"{_ROOT}/{head}/hi_p_cross_attention", model.reconstruction_head))
     return names
 
 

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hip.errors import InputShapeError
-
 
 @dataclass(frozen=True)
 class ModalityGroups:
@@ -71,12 +69,8 @@ def assign_groups(num_groups: int, lengths: list[int]) -> tuple[list[int], int]:
 def plan_groups(num_groups: int, lengths: dict[str, int]) -> GroupPlan:
     """Build the group layout for modalities in insertion order."""
     counts, group_length = assign_groups(num_groups, list(lengths.values()))
-    for (name, length), count in zip(lengths.items(), counts):
-        if length < count:
-            raise InputShapeError(
-                f"modality {name!r} has {length} element(s) but is cut into {count} groups; "
-                f"it needs at least {count} (use larger inputs, e.g. `hip shard --resize`)"
-            )
+    # A modality shorter than its share of groups is padded like any other: its last groups
+    # hold nothing but zeros (the official grouper does the same; attention has no mask).
     mods, first = [], 0
     for (name, length), count in zip(lengths.items(), counts):
         final_padding = count * math.ceil(length / count) - length

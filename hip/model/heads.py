@@ -128,7 +128,10 @@ def load_pretrained(
     """
     source = backbone_state(state_dict)
     target = task_model.backbone.state_dict()
-    wanted = {k for k in target if not k.startswith("unembed.")}
+    # Parts the task model initialises afresh: by default the MAE unembedding (the task heads
+    # replace it); a model can name its own (the class bottleneck's label parts).
+    skip = tuple(getattr(task_model, "pretrained_skip", ("unembed.",)))
+    wanted = {k for k in target if not k.startswith(skip)}
     missing = sorted(k for k in wanted if k not in source)
     bad = sorted(
         f"{k}: {tuple(source[k].shape)} vs {tuple(target[k].shape)}"

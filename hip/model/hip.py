@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from hip.errors import InputShapeError
-from hip.model.blocks import CrossAttention, HiPBlock
+from hip.model.blocks import CrossAttention, HiPBlock, regroup
 from hip.model.grouping import GroupPlan, group, plan_groups, ungroup
 from hip.model.layers import linear, trunc_normal_fan_in_
 from hip.model.presets import HiPConfig, make_config
@@ -52,9 +52,8 @@ class HiP(nn.Module):
         self.modalities = check_modalities(modalities)
         self.with_decoder = with_decoder
         cfg, e = config, config.num_embedding_channels
-        self.plan: GroupPlan = plan_groups(
-            cfg.num_groups[0], {k: m for k, (m, _) in self.modalities.items()}
-        )
+        self._plans: dict[tuple[str, ...], GroupPlan] = {}
+        self.plan: GroupPlan = self.plan_for(self.modalities)
 
         self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.modalities.items()})
         # Learned position tables [M, E]: added to the embedding and reused as the MAE query.
@@ -64,19 +63,33 @@ class HiP(nn.Module):
         for k, (m, _) in self.modalities.items():
             trunc_normal_fan_in_(self.pos[k], m)
         pe = cfg.num_position_encoding_channels
-        # Faithful to the official PositionEncoder: tables stay [M, E]; a shared bias-free
-        # projection is applied when num_position_encoding_channels differs from E.
-        self.pos_proj = linear(e, e, bias=False) if pe is not None and pe != e else None
+        # Faithful to the official PositionEncoder: tables stay [M, E] and, when
+        # num_position_encoding_channels differs from E, a bias-free E -> E projection follows.
+        # Its comment says "shared", but Haiku names one per modality slot of a call
+        # (position_encoding_linear, _1, ...): the i-th modality of any call uses projection i.
+        slots = cfg.position_encoding_slots or len(self.modalities)
+        self.pos_proj = (
+            nn.ModuleList(linear(e, e, bias=False) for _ in range(slots))
+            if pe is not None and pe != e
+            else None
+        )
 
         n_blocks = cfg.processor_index + 1 if not with_decoder else cfg.num_blocks
         blocks, in_ch = [], e
         for i in range(n_blocks):
             skip = cfg.num_z_channels[cfg.num_blocks - 1 - i] if i > cfg.processor_index else None
+            # Only the processor may train on a random subset of its (eval-sized) latents.
+            train_k, eval_k = (
+                cfg.processor_latents()
+                if i == cfg.processor_index
+                else (cfg.z_index_dim[i], cfg.z_index_dim[i])
+            )
             blocks.append(
                 HiPBlock(
                     in_channels=in_ch,
                     num_groups=cfg.num_groups[i],
-                    num_latents=cfg.z_index_dim[i],
+                    num_latents=eval_k,
+                    num_latents_train=train_k,
                     channels=cfg.num_z_channels[i],
                     num_layers=cfg.num_self_attends_per_block[i],
                     num_heads=cfg.num_self_attend_heads[i],
@@ -103,17 +116,25 @@ class HiP(nn.Module):
             )
 
     # -- pieces -------------------------------------------------------------------------
-    def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Return inputs in modality order; raise ValueError naming any mismatch."""
+    def check_inputs(
+        self, inputs: Mapping[str, torch.Tensor], require_all: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Return inputs in modality order; raise ValueError naming any mismatch.
+
+        Any non-empty subset of the modalities the model was built for is accepted (grouping
+        is planned per call, as the official grouper does); `require_all` refuses subsets.
+        """
         missing = [k for k in self.modalities if k not in inputs]
         unexpected = [k for k in inputs if k not in self.modalities]
-        if missing or unexpected:
+        if unexpected or len(missing) == len(self.modalities) or (missing and require_all):
             raise ValueError(
                 f"HiP inputs: missing modalities {missing}, unexpected {unexpected}; "
                 f"the model was built for {list(self.modalities)}"
             )
         out, batch = {}, None
         for k, (m, c) in self.modalities.items():
+            if k not in inputs:
+                continue
             x = inputs[k]
             if x.ndim != 3 or tuple(x.shape[1:]) != (m, c):
                 raise InputShapeError(
@@ -127,30 +148,58 @@ class HiP(nn.Module):
             out[k] = x
         return out
 
-    def positions(self) -> dict[str, torch.Tensor]:
-        """The position vectors per modality, `[M, E]` (projected if configured)."""
-        pos = dict(self.pos.items())
-        if self.pos_proj is not None:
-            pos = {k: self.pos_proj(v) for k, v in pos.items()}
-        return {k: pos[k] for k in self.modalities}
+    def plan_for(self, names: Iterable[str]) -> GroupPlan:
+        """The group layout of a call on `names` (cached; `self.plan` is the all-modality one)."""
+        key = tuple(names)
+        if key not in self._plans:
+            self._plans[key] = plan_groups(
+                self.config.num_groups[0], {k: self.modalities[k][0] for k in key}
+            )
+        return self._plans[key]
+
+    def positions(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The position vectors of a call's modalities (default all), `{name: [M, E]}`.
+
+        The i-th modality of the call goes through position projection i when there is one.
+        """
+        names = list(self.modalities) if names is None else list(names)
+        if self.pos_proj is None:
+            return {k: self.pos[k] for k in names}
+        if len(names) > len(self.pos_proj):
+            raise ValueError(
+                f"HiP inputs: {len(names)} modalities in one call but only "
+                f"{len(self.pos_proj)} position projection slot(s) (config position_encoding_slots)"
+            )
+        return {k: self.pos_proj[i](self.pos[k]) for i, k in enumerate(names)}
 
     def embed_inputs(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per modality Linear(C -> E) plus its position table: `{name: [B, M, E]}`."""
-        pos = self.positions()
+        pos = self.positions(inputs)
         return {k: self.embed[k](x) + pos[k] for k, x in inputs.items()}
 
-    def grouped_positions(self) -> torch.Tensor:
+    def grouped_positions(self, names: Iterable[str] | None = None) -> torch.Tensor:
         """The position tables grouped like the inputs: `[1, G, L, E]` (the MAE queries)."""
-        return group(self.plan, {k: v.unsqueeze(0) for k, v in self.positions().items()})
+        pos = self.positions(names)
+        return group(self.plan_for(pos), {k: v.unsqueeze(0) for k, v in pos.items()})
 
     def group_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
-        return group(self.plan, self.embed_inputs(self.check_inputs(inputs)))
+        inputs = self.check_inputs(inputs)
+        return group(self.plan_for(inputs), self.embed_inputs(inputs))
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Run encoder blocks and the processor on grouped tokens; return every block's output."""
-        hidden = []
-        for block in self.blocks[: self.config.processor_index + 1]:
+    def encode(
+        self, x: torch.Tensor, processor_extra: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Run encoder blocks and the processor on grouped tokens; return every block's output.
+
+        `processor_extra` `[B, 1, N, D_in]` is concatenated to the processor's (one-group)
+        inputs: the class bottleneck's embedded labels.
+        """
+        hidden, p = [], self.config.processor_index
+        for i, block in enumerate(self.blocks[: p + 1]):
+            if i == p and processor_extra is not None:
+                x = regroup(x, 1, self.config.regroup_type)
+                x = torch.cat([x, processor_extra.to(x.dtype)], dim=2)
             x = block(x)
             hidden.append(x)
         return hidden
@@ -163,21 +212,27 @@ class HiP(nn.Module):
             hidden.append(z)
         return z
 
-    def reconstruct(self, latents: torch.Tensor, queries: torch.Tensor) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, latents: torch.Tensor, queries: torch.Tensor, plan: GroupPlan | None = None
+    ) -> dict[str, torch.Tensor]:
         """Cross-attend grouped queries `[B, G, N, E]` to the last latents; unembed per modality.
 
         Returns `{name: [B, g_name, N, C_name]}`, still grouped (callers ungroup or gather).
         """
+        plan = plan or self.plan
         rec = self.reconstruction_head(queries.expand(latents.shape[0], -1, -1, -1), latents)
-        return {m.name: self.unembed[m.name](rec[:, m.groups]) for m in self.plan.modalities}
+        return {m.name: self.unembed[m.name](rec[:, m.groups]) for m in plan.modalities}
 
-    def ungroup_reconstruction(self, grouped: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def ungroup_reconstruction(
+        self, grouped: dict[str, torch.Tensor], plan: GroupPlan | None = None
+    ) -> dict[str, torch.Tensor]:
         """Undo grouping on `{name: [B, g, L, C]}` outputs decoded from the full position queries."""
+        plan = plan or self.plan
         out = {}
-        for m in self.plan.modalities:
+        for m in plan.modalities:
             if m.name not in grouped:
                 continue
-            x = grouped[m.name][:, :, : self.plan.group_length - m.group_padding]
+            x = grouped[m.name][:, :, : plan.group_length - m.group_padding]
             out[m.name] = x.reshape(x.shape[0], -1, x.shape[-1])[:, : m.length]
         return out
 
@@ -186,12 +241,14 @@ class HiP(nn.Module):
         """Full-input forward pass, as the official model in eval mode (no masking)."""
         if not self.with_decoder:
             raise RuntimeError("this HiP was built without decoder blocks; use encode()")
-        hidden = self.encode(self.group_inputs(inputs))
+        inputs = self.check_inputs(inputs)
+        plan = self.plan_for(inputs)
+        hidden = self.encode(group(plan, self.embed_inputs(inputs)))
         z = self.decode(hidden)
-        rec = self.reconstruct(z, self.grouped_positions())
+        rec = self.reconstruct(z, self.grouped_positions(inputs), plan)
         return {
-            "input_reconstruction": self.ungroup_reconstruction(rec),
-            "latents": ungroup(self.plan, z),
+            "input_reconstruction": self.ungroup_reconstruction(rec, plan),
+            "latents": ungroup(plan, z),
         }
 
 
@@ -199,7 +256,13 @@ def create_model(preset: str | Mapping[str, Any], modalities: Modalities, **over
     """Build a HiP from a preset name (`hip16`, `hip256`, `mini`, `tiny`) or an official-format dict.
 
     `modalities` maps a name to `(M, C)`; `overrides` replace single config fields, and
-    `with_decoder=False` builds encoder + processor only.
+    `with_decoder=False` builds encoder + processor only. The config's `template`
+    (`HiP` or `HiPClassBottleneck`) picks the class, so a golden-fixture JSON builds as is.
     """
     with_decoder = overrides.pop("with_decoder", True)
-    return HiP(make_config(preset, **overrides), modalities, with_decoder=with_decoder)
+    config = make_config(preset, **overrides)
+    if config.template == "HiPClassBottleneck":
+        from hip.model.class_bottleneck import HiPClassBottleneck  # it subclasses HiP
+
+        return HiPClassBottleneck(config, modalities, with_decoder=with_decoder)
+    return HiP(config, modalities, with_decoder=with_decoder)

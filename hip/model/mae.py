@@ -8,9 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hip.errors import InputShapeError
 from hip.model.grouping import group_modality, ungroup
 from hip.model.hip import HiP
-from hip.model.masking import GroupMask, gather_groups, gather_positions, groupwise_mask
+from hip.model.masking import (
+    GroupMask,
+    gather_groups,
+    gather_positions,
+    groupwise_mask,
+    kept_per_group,
+)
 
 
 @dataclass
@@ -56,6 +63,19 @@ class MAE(nn.Module):
         # Which grouped slots hold real tokens, kept on the model's device (not rebuilt and
         # copied to it at every step); not persistent: it follows from the plan.
         self.register_buffer("real", model.plan.real_tokens(), persistent=False)
+        # Visible tokens per group (each group follows its own size); None when all groups
+        # keep the same count, as a single evenly divided modality does.
+        counts = kept_per_group(model.plan, self.config.mask_ratio)
+        kept = torch.tensor(counts) if len(set(counts)) > 1 else None
+        self.register_buffer("kept", kept, persistent=False)
+        real = model.plan.real_tokens().sum(dim=1).tolist()
+        for m in model.plan.modalities:
+            if sum(real[m.groups]) == sum(counts[m.groups]):
+                raise InputShapeError(
+                    f"modality {m.name!r} has {m.length} element(s): at mask_ratio "
+                    f"{self.config.mask_ratio} every one stays visible and MAE has nothing of it "
+                    "to reconstruct (use larger inputs, e.g. `hip shard --resize`)"
+                )
 
     def _targets(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw inputs grouped per modality: `{name: [B, g, L, C]}` with zero padding."""
@@ -79,7 +99,7 @@ class MAE(nn.Module):
         tokens, so the full-size `[B, G, L, E]` embedding is never built (the same numbers as
         `gather_groups(model.group_inputs(inputs), mask.keep)`: the embedding is per token).
         """
-        inputs = self.model.check_inputs(inputs)  # shapes only: no device work
+        inputs = self.model.check_inputs(inputs, require_all=True)  # shapes only: no device work
         pos = self.model.positions()
         parts = []
         for m in self.model.plan.modalities:
@@ -87,7 +107,11 @@ class MAE(nn.Module):
             raw = gather_groups(group_modality(m, inputs[m.name]), keep)
             table = group_modality(m, pos[m.name].unsqueeze(0))[0]
             parts.append(self.model.embed[m.name](raw) + gather_positions(table, keep))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        valid = mask.keep_valid()
+        if valid is not None:  # a group's slots past its own count are zeros, like padding
+            x = x * valid[None, :, :, None].to(x.dtype)
+        return x
 
     def encode_visible(self, inputs: Mapping[str, torch.Tensor], mask: GroupMask) -> torch.Tensor:
         """Encoder + decoder blocks on the kept tokens only; returns the last latents."""
@@ -107,6 +131,9 @@ class MAE(nn.Module):
             generator,
             device,
             real=self.real if _same_device(self.real.device, device) else None,
+            kept=self.kept
+            if self.kept is not None and _same_device(self.kept.device, device)
+            else None,
         )
 
     def forward(
@@ -116,11 +143,20 @@ class MAE(nn.Module):
         mask: GroupMask | None = None,
     ) -> MAEOutput:
         """One MAE pass: mask, encode the visible tokens, predict the masked ones, MSE loss."""
-        inputs = self.model.check_inputs(inputs)
+        inputs = self.model.check_inputs(inputs, require_all=True)
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
-        z = self.encode_visible(inputs, mask)
+        return self.loss_from_latents(inputs, mask, self.encode_visible(inputs, mask))
+
+    def loss_from_latents(
+        self, inputs: Mapping[str, torch.Tensor], mask: GroupMask, z: torch.Tensor
+    ) -> MAEOutput:
+        """Predict the masked tokens from the last latents `z` `[B, G, K, D]`; MSE loss.
+
+        Split from `forward` so a model that runs the encoder itself (the class bottleneck's
+        joint MAE + classification) shares the loss.
+        """
         queries = gather_positions(self.model.grouped_positions()[0], mask.masked)
         preds = self.model.reconstruct(z, queries)
         weight = mask.masked_is_real()
@@ -152,7 +188,7 @@ class MAE(nn.Module):
         tokens only), `masked` a bool `[B, M]` (True = hidden), `composite` the visible input
         with predictions pasted into the hidden positions (the MAE paper's figure).
         """
-        inputs = self.model.check_inputs(inputs)
+        inputs = self.model.check_inputs(inputs, require_all=True)
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)

@@ -34,11 +34,30 @@ def tokens_to_image(tokens: Array, height: int, width: int) -> Array:
     return tokens.reshape(*lead, height, width, c)
 
 
-def audio_to_tokens(waveform: Array) -> Array:
-    """Mono waveform `[..., T]` -> `[..., T, 1]` (one sample per token)."""
+# Ours: samples per audio token when nothing says otherwise. The official test feeds audio
+# as [B, 128, 16]; docs/DATA.md says why 16.
+AUDIO_SAMPLES_PER_TOKEN = 16
+
+
+def audio_to_tokens(waveform: Array, samples_per_token: int = 1) -> Array:
+    """Mono waveform `[..., T]` -> `[..., ceil(T/n), n]`: n consecutive samples per token.
+
+    The end is padded with silence (zeros) to a multiple of n. n=1 is one sample per token.
+    """
     if waveform.ndim == 0:
         raise ValueError("audio must be a waveform [..., T]")
-    return waveform[..., None]
+    n = int(samples_per_token)
+    if n < 1:
+        raise ValueError(f"samples_per_token must be >= 1, got {samples_per_token}")
+    *lead, t = waveform.shape
+    pad = -t % n
+    if pad:
+        widths = [(0, 0)] * len(lead) + [(0, pad)]
+        if isinstance(waveform, torch.Tensor):
+            waveform = torch.nn.functional.pad(waveform, (0, pad))
+        else:
+            waveform = np.pad(waveform, widths)
+    return waveform.reshape(*lead, (t + pad) // n, n)
 
 
 def video_to_tokens(video: Array) -> Array:

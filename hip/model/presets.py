@@ -11,7 +11,12 @@ from typing import Any
 
 import yaml
 
-from hip.errors import unknown_name
+from hip.errors import UserError, unknown_name
+
+# The official model templates this port builds (PerceiverIO is not ported).
+TEMPLATES = ("HiP", "HiPClassBottleneck")
+# Keys of the golden-fixture JSON that describe the case, not the model.
+FIXTURE_KEYS = ("inputs", "num_params", "note")
 
 # Per-block fields of the official VARIANTS format (one entry per block).
 PER_BLOCK_FIELDS = (
@@ -47,6 +52,14 @@ class HiPConfig:
     drop_path_rate: float = 0.0
     processor_index_dim_train: int | None = None
     processor_index_dim_eval: int | None = None
+    # The official template (`HiP` or `HiPClassBottleneck`) and the bottleneck's label
+    # modalities (names the model was not built for are ignored, as the official code does).
+    template: str = "HiP"
+    label_modalities: list[str] | None = None
+    # Ours: how many `position_encoding_linear` projections to build. The official code makes
+    # one per modality *slot* of a call (the i-th modality of every call shares projection i);
+    # None builds one per (non-label) modality, i.e. all modalities called together.
+    position_encoding_slots: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -58,6 +71,13 @@ class HiPConfig:
     def processor_index(self) -> int:
         """Index of the central processor block."""
         return self.num_blocks // 2
+
+    def processor_latents(self) -> tuple[int, int]:
+        """(train, eval) latent counts of the processor; its learned table is sized for eval."""
+        default = self.z_index_dim[self.processor_index]
+        train = self.processor_index_dim_train or default
+        evaluate = self.processor_index_dim_eval or default
+        return train, evaluate
 
     def validate(self) -> HiPConfig:
         """Raise ValueError naming the first inconsistent field."""
@@ -98,11 +118,44 @@ class HiPConfig:
                 )
         if self.regroup_type not in ("reshape", "transpose_reshape"):
             raise ValueError(f"HiP config: unknown regroup_type {self.regroup_type!r}")
-        if self.processor_index_dim_train is not None or self.processor_index_dim_eval is not None:
-            raise NotImplementedError(
-                "HiP config: processor_index_dim_train/eval (latent subsampling) is not supported yet"
+        self._validate_processor_latents()
+        if self.template not in TEMPLATES:
+            raise UserError(unknown_name("HiP template", self.template, TEMPLATES))
+        if self.template == "HiP" and self.label_modalities:
+            raise UserError(
+                "HiP config: label_modalities belongs to template 'HiPClassBottleneck' "
+                "(the plain HiP sends every modality through the encoder)"
+            )
+        if self.position_encoding_slots is not None and self.position_encoding_slots < 1:
+            raise UserError(
+                f"HiP config: position_encoding_slots must be >= 1, got {self.position_encoding_slots}"
             )
         return self
+
+    def _validate_processor_latents(self) -> None:
+        """The official rules for processor_index_dim_train/eval, plus the decoder's regroup."""
+        t, e = self.processor_index_dim_train, self.processor_index_dim_eval
+        if t is not None and e is not None:
+            raise UserError(
+                "HiP config: set only one of processor_index_dim_train (subsample at train "
+                "time) and processor_index_dim_eval (more latents at eval time)"
+            )
+        for name, v in (("processor_index_dim_train", t), ("processor_index_dim_eval", e)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise UserError(f"HiP config: {name} must be a positive integer, got {v!r}")
+        train, evaluate = self.processor_latents()
+        if train > evaluate:
+            raise UserError(
+                f"HiP config: the processor's train-time latents ({train}) exceed its eval-time "
+                f"latents ({evaluate}); processor_index_dim_train must be <= z_index_dim"
+            )
+        nxt = self.num_groups[self.processor_index + 1]
+        for what, n in (("train", train), ("eval", evaluate)):
+            if n % nxt:
+                raise UserError(
+                    f"HiP config: the processor's {what}-time latents ({n}) cannot be regrouped "
+                    f"into the next block's {nxt} groups"
+                )
 
 
 def available_presets() -> list[str]:
@@ -131,7 +184,7 @@ def make_config(preset: str | Mapping[str, Any], **overrides: Any) -> HiPConfig:
         nested = fields_
         fields_ = {**nested["variant"], **(nested.get("model_kwargs") or {})}
         fields_.update(
-            {k: v for k, v in nested.items() if k not in ("variant", "model_kwargs", "note")}
+            {k: v for k, v in nested.items() if k not in ("variant", "model_kwargs") + FIXTURE_KEYS}
         )
     fields_.update(overrides)
     known = {f.name for f in dataclasses.fields(HiPConfig)} - {"extra"}
@@ -147,4 +200,6 @@ def make_config(preset: str | Mapping[str, Any], **overrides: Any) -> HiPConfig:
         raise ValueError(f"HiP config is missing field(s): {', '.join(missing)}")
     for name in PER_BLOCK_FIELDS:
         fields_[name] = [int(v) for v in fields_[name]]
+    if fields_.get("label_modalities") is not None:
+        fields_["label_modalities"] = [str(v) for v in fields_["label_modalities"]]
     return HiPConfig(**fields_).validate()

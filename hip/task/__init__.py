@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from hip.errors import UserError, unknown_name
 from hip.task.base import EvalData, EvalResult, Task
+from hip.task.class_bottleneck import ClassBottleneckMAETask, ClassBottleneckTask
 from hip.task.classification import ClassificationTask
 from hip.task.mae import MAETask
 from hip.task.multilabel import MultilabelTask
@@ -35,7 +36,14 @@ def task_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-for _task in (MAETask, ClassificationTask, MultilabelTask, SegmentationTask):
+for _task in (
+    MAETask,
+    ClassificationTask,
+    MultilabelTask,
+    SegmentationTask,
+    ClassBottleneckTask,
+    ClassBottleneckMAETask,
+):
     register(_task)
 
 __all__ = ["EvalData", "EvalResult", "Task", "get_task", "register", "task_names"]
