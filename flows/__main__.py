@@ -42,10 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from flows.config import load_pipeline, tracking_uri
+    from flows.hip_flow import check_stage_configs
+    from hip import worklock
     from hip.errors import UserError
+    from hip.rundir import normalize
 
     try:
         p = load_pipeline(args.pipeline, args.overrides)  # fail on bad config before Prefect starts
+        check_stage_configs(p)
+        worklock.check_free(normalize(p.work_dir))  # another pipeline on this work_dir: refuse
     except UserError as exc:
         print(f"python -m flows: error: {exc}", file=sys.stderr)
         return 2

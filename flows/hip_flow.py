@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.config import PipelineConfig, load_pipeline, pipeline_from_dict, tracking_uri
 from hip import checkpoint as ckpt
-from hip import storage, tracking
+from hip import storage, tracking, worklock
 from hip.config import load_config
 from hip.errors import UserError
 from hip.rundir import normalize
@@ -464,16 +464,28 @@ def hip(
     p = pipeline_from_dict(config) if config else load_pipeline(pipeline, overrides or [])
     if p.dispatch == "auto":  # decided here, in the deployment's own flow run
         p = dataclasses.replace(p, dispatch=_dispatch_mode(p))
-    if stage == "shard":
-        return shard_flow(p)
-    if stage == "pipeline":
-        return pipeline_flow(p)
-    if stage == "retrain":
-        return retrain_flow(p)
     run_stage = {"pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}
-    if parent_run_id:  # one stage of a pipeline that runs elsewhere: it sharded already
-        return run_stage[stage](p, parent_run_id)
-    check_stage_configs(p)
-    shard_flow(p)  # cached: a no-op when the inputs did not change
-    with _parent_run(p, f"{stage}-{p.name}") as parent:
-        return run_stage[stage](p, parent)
+    if parent_run_id:  # one stage of a pipeline that runs elsewhere (and holds the lease)
+        return shard_flow(p) if stage == "shard" else run_stage[stage](p, parent_run_id)
+    with _lease(p, stage):
+        if stage == "shard":
+            return shard_flow(p)
+        if stage == "pipeline":
+            return pipeline_flow(p)
+        if stage == "retrain":
+            return retrain_flow(p)
+        check_stage_configs(p)
+        shard_flow(p)  # cached: a no-op when the inputs did not change
+        with _parent_run(p, f"{stage}-{p.name}") as parent:
+            return run_stage[stage](p, parent)
+
+
+def _lease(p: PipelineConfig, stage: str) -> contextlib.AbstractContextManager[Any]:
+    """One pipeline (or stand-alone stage) at a time per work_dir; a second is refused."""
+    from prefect.runtime import flow_run
+
+    owner = f"hip {stage} '{p.name}'"
+    with contextlib.suppress(Exception):
+        if flow_run.id:
+            owner += f" (Prefect flow run {flow_run.name}, {flow_run.ui_url})"
+    return worklock.exclusive(_work(p), owner)

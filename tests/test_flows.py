@@ -110,6 +110,24 @@ def test_pipeline_flow_end_to_end(pipeline_run):
     assert stages == ["evaluate", "evaluate", "evaluate", "finetune", "finetune", "pretrain"]
     pre = next(r for r in children if r.data.tags["hip.stage"] == "pretrain")
     assert "loss" in pre.data.metrics and pre.data.params["optim.total_steps"] == "3"
+    # ... all in the parent's experiment, named and tagged by stage, benchmark and variant.
+    assert {r.info.experiment_id for r in children} == {parent.info.experiment_id}
+    variants = {r.info.run_name: r.data.tags.get("variant") for r in children}
+    assert variants == {
+        "pretrain-digits": "mae",
+        "finetune-mnist-pretrained": "pretrained",
+        "finetune-mnist-scratch": "scratch",
+        "evaluate-digits-mae": "mae",
+        "evaluate-mnist-pretrained": "pretrained",
+        "evaluate-mnist-scratch": "scratch",
+    }
+    # Only the MAE-finetuned model is registered, and it loads with MLflow alone.
+    versions = client.search_model_versions("name='hip-mnist'")
+    finetuned = next(r for r in children if r.info.run_name == "finetune-mnist-pretrained")
+    assert {v.run_id for v in versions} == {finetuned.info.run_id}
+    where = client.get_model_version_download_uri("hip-mnist", versions[0].version)
+    model = mlflow.pytorch.load_model(where)
+    assert model.training is False
 
 
 @pytest.mark.slow
@@ -160,7 +178,7 @@ def test_a_split_dropped_from_the_manifest_is_resharded_not_taken_from_the_cache
 
 
 @pytest.mark.slow
-def test_champion_moves_only_when_the_metric_improves(harness, tmp_path):
+def test_champion_moves_only_when_the_challenger_beats_it_on_the_same_split(harness, tmp_path):
     from tasks.registry import champion_of, promote_if_better
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -172,17 +190,19 @@ def test_champion_moves_only_when_the_metric_improves(harness, tmp_path):
         run = client.create_run(exp)
         client.log_param(run.info.run_id, "run.out", run_out)
         client.create_model_version(
-            "hip-toy", f"{run.info.artifact_uri}/checkpoint", run_id=run.info.run_id
+            "hip-toy", f"{run.info.artifact_uri}/model", run_id=run.info.run_id
         )
 
     @flow
-    def decide(run_out: str, top1: float, fingerprint: str) -> dict:
+    def decide(run_out: str, top1: float, fingerprint: str, rescored: float | None) -> dict:
+        incumbent = None if rescored is None else {"metrics": {"top1": rescored}}
         return promote_if_better(
             uri,
             "toy",
             fingerprint,
             {"run_out": run_out},
             {"metrics": {"top1": top1}, "task": "classification"},
+            incumbent,
             "top1",
         )
 
@@ -191,22 +211,29 @@ def test_champion_moves_only_when_the_metric_improves(harness, tmp_path):
         return champion_of(uri, "toy")
 
     register("/runs/a")
-    first = decide("/runs/a", 0.50, "fp-a")
-    assert first["promoted"] and first["reason"] == "first champion"
+    first = decide("/runs/a", 0.50, "fp-a", None)
+    assert first["promoted"] and first["reason"].startswith("first champion")
+    # The champion re-scored on the new data (0.55) beats the challenger (0.52), although its
+    # recorded value (0.50, on its own data) would not: the same split decides.
     register("/runs/b")
-    worse = decide("/runs/b", 0.40, "fp-b")
-    assert not worse["promoted"]
+    worse = decide("/runs/b", 0.52, "fp-b", 0.55)
+    assert not worse["promoted"] and worse["champion_value"] == 0.55
     assert champion()["version"] == first["version"]
     tags = client.get_model_version("hip-toy", worse["version"]).tags
-    assert tags["hip.decision"].startswith("challenger") and tags["hip.metric_value"] == "0.4"
+    assert tags["hip.decision"].startswith("challenger")
+    assert "0.5200" in tags["hip.decision"] and "0.5500" in tags["hip.decision"]
     register("/runs/c")
-    better = decide("/runs/c", 0.60, "fp-c")
+    tie = decide("/runs/c", 0.55, "fp-c", 0.55)
+    assert not tie["promoted"] and champion()["version"] == first["version"]
+    register("/runs/d")
+    better = decide("/runs/d", 0.60, "fp-d", 0.55)
     assert better["promoted"]
     assert champion() == {
         "version": better["version"],
         "metric": "top1",
         "value": 0.6,
-        "fingerprint": "fp-c",
+        "fingerprint": "fp-d",
+        "checkpoint": None,
     }
 
 
@@ -215,21 +242,24 @@ def test_retrain_skips_when_data_is_unchanged_and_retrains_when_it_changes(pipel
     from flows.hip_flow import hip
 
     path = pipeline_run["yaml"]
-    first = hip(stage="retrain", pipeline=str(path))
-    assert first["mnist"]["promoted"] and first["mnist"]["reason"] == "first champion"
+    # The pipeline made its MAE-finetuned model the first champion, on this data.
+    promoted = pipeline_run["result"]["promotions"]["mnist"]
+    assert promoted["promoted"] and promoted["reason"].startswith("first champion")
     again = hip(stage="retrain", pipeline=str(path))
     assert again["mnist"] == {
         "promoted": False,
         "reason": "data unchanged",
-        "version": first["mnist"]["version"],
+        "version": promoted["version"],
     }
-    # New data (more digits per class): a new fingerprint, so it retrains and decides.
+    # New data (more digits per class): a new fingerprint, so it retrains, re-scores the
+    # champion on the new held-out split and decides on both numbers.
     spec = yaml.safe_load(path.read_text())
     spec["datasets"][0]["options"]["limit"] = 45
     path.write_text(yaml.safe_dump(spec))
     changed = hip(stage="retrain", pipeline=str(path))
-    assert changed["mnist"]["version"] != first["mnist"]["version"]
-    assert "reason" in changed["mnist"]
+    assert changed["mnist"]["version"] != promoted["version"]
+    assert changed["mnist"]["champion_value"] is not None
+    assert "same full held-out split" in changed["mnist"]["reason"]
 
 
 def _no_run_left_running(uri: str) -> list[str]:

@@ -265,3 +265,36 @@ def test_a_resumed_training_reopens_its_own_mlflow_run(tmp_path):
     # Never resumed: a fresh start (run.resume=never) opens a new run.
     third = trainer.train(pretrain_cfg(out, "optim.total_steps=4", "run.resume=never"))
     assert third.run_id != first.run_id
+
+
+@pytest.mark.slow
+def test_a_terminated_training_ends_its_mlflow_run_killed(tmp_path):
+    """SIGTERM (a cancelled Prefect flow run, torchrun stopping, a pod eviction) unwinds the
+    training process, so its MLflow run ends KILLED instead of staying RUNNING for ever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "hip.train", "pretrain", "--config", "tiny_digits",
+            f"run.out={tmp_path / 'run'}", f"tracking.uri={uri}", "optim.total_steps=100000",
+            "run.checkpoint_every=2", "data.batch_size=8", "run.progress=false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "run" / "checkpoints").glob("step-*.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.status for r in runs] == ["KILLED"]
