@@ -25,13 +25,19 @@ def test_training_command_uses_torchrun_only_when_distributed():
     nodes = training_command(
         "pretrain", [], nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="h0:29400"
     )
-    assert (
-        "--standalone" not in nodes
-        and "--rdzv_endpoint=h0:29400" in nodes
-        and "--node_rank=1" in nodes
+    assert "--standalone" not in nodes and "--rdzv_endpoint=h0:29400" in nodes
+    # c10d numbers nodes as they join; node_rank only says who hosts the rendezvous store
+    assert "--rdzv_conf=is_host=false" in nodes and not any("node_rank" in a for a in nodes)
+    host = training_command(
+        "pretrain", [], nnodes=2, node_rank=0, rdzv_endpoint="h0:29400", rdzv_timeout_s=60
     )
+    assert "--rdzv_conf=is_host=true,join_timeout=60" in host
+    guessed = training_command("pretrain", [], nnodes=2, rdzv_endpoint="h0:29400")
+    assert not any(a.startswith("--rdzv_conf") for a in guessed)  # torchrun guesses the host
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         training_command("pretrain", [], nproc_per_node=8, nnodes=2)
+    with pytest.raises(ValueError, match="node_rank"):
+        training_command("pretrain", [], nnodes=2, node_rank=2, rdzv_endpoint="h0:29400")
     assert (
         resolve_nproc("3") == 3 and 1 <= resolve_nproc("auto") <= 2
     )  # no GPU here: capped CPU ranks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -178,6 +179,10 @@ def test_server_pretrain_evaluate_compare(tmp_path, mlflow_server, capsys):
     assert hip.cli.main(["compare", f"tracking.uri={mlflow_server}"]) == 0
     table = capsys.readouterr().out
     assert res.run_id in table and eval_run in table
+    assert table.split()[4:6] == ["variant", "data"]
+    fp = mlflow.MlflowClient(mlflow_server).get_run(res.run_id).data.tags["hip.data_fingerprint"]
+    row = next(line for line in table.splitlines() if line.startswith(res.run_id))
+    assert f" {fp[:12]} " in row and fp[:13] not in row
     # finetune through the CLI: registered as hip-mnist on the server, listed by `compare -b`
     ft_args = [
         f"run.out={tmp_path / 'ft'}",
@@ -245,6 +250,56 @@ def test_runs_whose_process_died_are_closed_as_killed_and_compare_never_shows_th
     assert status[dead] == "KILLED"
     assert status[alive] == "RUNNING"  # this process owns it
     assert status[elsewhere] == "RUNNING"  # another host's process cannot be checked here
+
+
+def test_compare_reads_the_pipeline_experiment_with_variant_and_data_columns(tmp_path, capsys):
+    """The flows put the parent and every stage run in `hip-pipeline`, tagged with the variant
+    and the data fingerprint; `hip compare` lists them beside stand-alone runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    pipeline, standalone = (client.create_experiment(n) for n in ("hip-pipeline", "hip-pretrain"))
+    fp = "0123456789abcdef" * 4
+    parent = client.create_run(pipeline, run_name="pipeline-demo")
+    made = {"pipeline-demo": parent.info.run_id}
+    for variant, top1 in (("pretrained", 0.9), ("scratch", 0.5)):
+        name = f"finetune-mnist-{variant}"
+        tags = {"hip.stage": "finetune", "hip.benchmark": "mnist", "variant": variant}
+        tags |= {"hip.data_fingerprint": fp, "mlflow.parentRunId": parent.info.run_id}
+        run = client.create_run(pipeline, run_name=name, tags=tags)
+        client.log_metric(run.info.run_id, "eval_top1", top1)
+        made[name] = run.info.run_id
+    alone = client.create_run(standalone, run_name="tiny", tags={"hip.stage": "pretrain"})
+    made["tiny"] = alone.info.run_id
+    for run_id in made.values():
+        client.set_terminated(run_id, "FINISHED")
+
+    def table(*args: str) -> dict[str, dict[str, str]]:
+        """{run name: {column: cell}} of `hip compare`'s table (cells end under their header)."""
+        assert hip.cli.main(["compare", f"tracking.uri={uri}", *args]) == 0
+        header, *rows = capsys.readouterr().out.splitlines()
+        columns = [(m.group(), m.end()) for m in re.finditer(r"\S+", header)]
+        assert [c for c, _ in columns[:8]] == [
+            "run_id", "mlflow.runName", "hip.stage", "hip.benchmark", "variant", "data",
+            "status", "start_time",
+        ]  # fmt: skip
+        starts = [0] + [end for _, end in columns[:-1]]
+        cells = [
+            {c: row[a:end].strip() for (c, end), a in zip(columns, starts, strict=True)}
+            for row in rows
+        ]
+        return {cell["mlflow.runName"]: cell for cell in cells}
+
+    everything = table()
+    assert set(everything) == set(made)  # both experiments read by default
+    for variant, top1 in (("pretrained", "0.9"), ("scratch", "0.5")):
+        row = everything[f"finetune-mnist-{variant}"]
+        assert (row["variant"], row["data"], row["eval_top1"]) == (variant, fp[:12], top1)
+        assert row["run_id"] == made[f"finetune-mnist-{variant}"]
+    assert everything["tiny"]["variant"] == everything["tiny"]["data"] == ""
+    assert everything["tiny"]["hip.stage"] == "pretrain"
+    mnist = table("--benchmark", "mnist")
+    assert set(mnist) == {"finetune-mnist-pretrained", "finetune-mnist-scratch"}
+    assert set(table("-e", "hip-pretrain")) == {"tiny"}
 
 
 def test_a_resumed_training_reopens_its_own_mlflow_run(tmp_path):

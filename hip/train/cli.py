@@ -122,6 +122,11 @@ def cmd_config_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# Experiments `hip compare` reads by default (besides the config's own): the stand-alone
+# commands' and the pipeline's (its parent run and every stage's run; flows/config.py).
+COMPARE_EXPERIMENTS = ("hip-pretrain", "hip-finetune", "hip-pipeline")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Table of tracked runs (mlflow.search_runs), newest first."""
     import pandas as pd
@@ -130,9 +135,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from hip.config import load_config
 
     cfg = load_config("evaluate", args.config, args.overrides)
-    experiments = args.experiment or sorted(
-        {str(cfg.tracking.experiment), "hip-pretrain", "hip-finetune"}
-    )
+    experiments = args.experiment or sorted({str(cfg.tracking.experiment), *COMPARE_EXPERIMENTS})
     import mlflow
 
     with tracking._quick_http(), tracking._uri_env_preserved():
@@ -151,14 +154,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "tags.mlflow.runName",
         "tags.hip.stage",
         "tags.hip.benchmark",
+        "tags.variant",  # pretrained / scratch / mae / challenger / champion (the flows' runs)
+        "tags.hip.data_fingerprint",
         "status",
         "start_time",
     ]
+    for tag in (c for c in cols if c.startswith("tags.")):  # always shown, blank where untagged
+        runs[tag] = runs[tag].fillna("") if tag in runs.columns else ""
+    runs["tags.hip.data_fingerprint"] = runs["tags.hip.data_fingerprint"].astype(str).str[:12]
     metric_cols = [
         c for c in runs.columns if c.startswith("metrics.eval_") and not c.endswith("num_samples")
     ]
     metric_cols += [c for c in ("metrics.loss",) if c in runs.columns]
-    table = runs[[c for c in cols if c in runs.columns] + metric_cols].copy()
+    table = runs[cols + metric_cols].copy()
+    table = table.rename(columns={"tags.hip.data_fingerprint": "data"})
     table.columns = [c.replace("metrics.", "").replace("tags.", "") for c in table.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.to_string(index=False))
@@ -202,7 +211,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("compare", help="table of tracked runs from MLflow")
     p.add_argument("--benchmark", "-b", help="only runs of this benchmark")
     p.add_argument(
-        "--experiment", "-e", action="append", help="experiment name(s); default: all hip ones"
+        "--experiment",
+        "-e",
+        action="append",
+        help="experiment name(s); default: the config's tracking.experiment (hip), hip-pretrain, "
+        "hip-finetune and hip-pipeline",
     )
     _add_common(p)
     p.set_defaults(func=cmd_compare)

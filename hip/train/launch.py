@@ -45,11 +45,19 @@ def training_command(
     args: Sequence[str],
     nproc_per_node: int = 1,
     nnodes: int = 1,
-    node_rank: int = 0,
+    node_rank: int | None = None,
     rdzv_endpoint: str | None = None,
     rdzv_id: str = "hip",
+    rdzv_timeout_s: int | None = None,
 ) -> list[str]:
-    """The argv that runs one training stage: plain python for one process, torchrun otherwise."""
+    """The argv that runs one training stage: plain python for one process, torchrun otherwise.
+
+    Multi-node (`nnodes > 1`) uses c10d rendezvous at `rdzv_endpoint`: torchrun numbers the
+    nodes in the order they join, so `node_rank` does not choose ranks. It only says which
+    node hosts the rendezvous store (0 does, others connect); without it torchrun guesses
+    from whether HOST is this machine's name or address. `rdzv_timeout_s` bounds the wait
+    for every node to join (torchrun's default: 600 s).
+    """
     entry = ["-m", "hip.train", stage, *args]
     if nproc_per_node == 1 and nnodes == 1:
         return [sys.executable, *entry]
@@ -61,13 +69,21 @@ def training_command(
             raise ValueError(
                 "multi-node training needs rdzv_endpoint=HOST:PORT (see infra/GPU_WORKERS.md)"
             )
+        if node_rank is not None and not 0 <= node_rank < nnodes:
+            raise ValueError(f"node_rank must be in 0..{nnodes - 1}, got {node_rank}")
+        conf = []
+        if node_rank is not None:
+            conf.append(f"is_host={'true' if node_rank == 0 else 'false'}")
+        if rdzv_timeout_s is not None:
+            conf.append(f"join_timeout={int(rdzv_timeout_s)}")
         run += [
             f"--nnodes={nnodes}",
-            f"--node_rank={node_rank}",
             "--rdzv_backend=c10d",
             f"--rdzv_endpoint={rdzv_endpoint}",
             f"--rdzv_id={rdzv_id}",
         ]
+        if conf:
+            run.append(f"--rdzv_conf={','.join(conf)}")
     return run + entry
 
 
