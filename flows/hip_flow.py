@@ -487,5 +487,6 @@ def _lease(p: PipelineConfig, stage: str) -> contextlib.AbstractContextManager[A
     owner = f"hip {stage} '{p.name}'"
     with contextlib.suppress(Exception):
         if flow_run.id:
-            owner += f" (Prefect flow run {flow_run.name}, {flow_run.ui_url})"
+            where = f", {flow_run.ui_url}" if flow_run.ui_url else ""  # None when ephemeral
+            owner += f" (Prefect flow run {flow_run.name}{where})"
     return worklock.exclusive(_work(p), owner)

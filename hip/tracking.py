@@ -567,7 +567,7 @@ class StageRun(NullRun):
         name = registered_model_name(benchmark) if benchmark else None
         tags = {"hip.checkpoint": str(checkpoint or "")}  # what promotion re-evaluates
 
-        if self.resumed and self.client.get_run(self.run_id).data.tags.get(MODEL_LOGGED):
+        if self.resumed and self._tag_of_run(MODEL_LOGGED):
             return  # a finished run started again: its model is logged (and registered) already
 
         def call() -> None:
@@ -580,6 +580,16 @@ class StageRun(NullRun):
 
         self._deferred.append((f"model {name or 'log'}", call))
         self.flush()
+
+    def _tag_of_run(self, name: str) -> str | None:
+        """A tag of this run as the server has it (None when unset or unreachable)."""
+        try:
+            with _quick_http():
+                return self.client.get_run(self.run_id).data.tags.get(name)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return None
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set run tags (buffered while the server is unreachable)."""
