@@ -75,6 +75,13 @@ class PipelineConfig:
     # or auto (deployments when the pipeline itself runs from a deployment).
     dispatch: str = "auto"
     progress: bool = True
+    # Sharding (issue 17): one Prefect task per partition of a split's shards (2 per worker) on
+    # prefect-dask's DaskTaskRunner. shard_cluster: null -> a LocalCluster of shard_workers
+    # processes, started only when a split needs writing; "threads" -> the same of threads;
+    # tcp://host:8786 -> an existing Dask scheduler (any cluster: dask-kubernetes, SSH, ...;
+    # docs/DATA.md). null with shard_workers: 1 -> no Dask, partitions run in the flow's process.
+    shard_cluster: str | None = None
+    shard_workers: int = 2
 
 
 def available_pipelines() -> list[str]:

@@ -23,7 +23,7 @@ from hip import storage, tracking, worklock
 from hip.config import load_config
 from hip.errors import UserError
 from hip.rundir import normalize
-from tasks.data import shard_split
+from tasks.data import shard_cluster, shard_split
 from tasks.evaluation import evaluate_checkpoint
 from tasks.naming import artifact_key, run_name
 from tasks.registry import champion_of, promote_if_better
@@ -113,13 +113,17 @@ def _load_result(p: PipelineConfig, stage: str) -> dict[str, Any]:
 
 @flow(name="shard")
 def shard_flow(p: PipelineConfig) -> dict[str, dict[str, Any]]:
-    """Shard every configured data set and split (cached by an input fingerprint)."""
+    """Shard every configured data set and split (cached by an input fingerprint), one task
+    per partition on the shard cluster (`shard_cluster`, `shard_workers`)."""
     results = {}
-    for ds in p.datasets:
-        for split in ds.splits:
-            results[f"{ds.name}/{split}"] = shard_split(
-                ds.source, ds.input, _work(p, "shards", ds.name), split, dict(ds.options)
-            )
+    threads = p.shard_cluster == "threads"
+    address = None if threads else p.shard_cluster
+    with shard_cluster(address, p.shard_workers, processes=not threads):
+        for ds in p.datasets:
+            for split in ds.splits:
+                results[f"{ds.name}/{split}"] = shard_split(
+                    ds.source, ds.input, _work(p, "shards", ds.name), split, dict(ds.options)
+                )
     _save_result(p, "shard", results)
     return results
 

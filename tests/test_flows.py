@@ -50,6 +50,7 @@ TINY = {
         }
     ],
     "experiment": "hip-test-pipeline",
+    "shard_workers": 1,  # partitions in the flow's process; Dask: tests/test_shard_flow.py
 }
 
 

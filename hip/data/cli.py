@@ -63,6 +63,12 @@ def register(subparsers: Any) -> None:
         help="keep the sorted input order (class by class for folder sources)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes writing partitions of the shards in parallel (same shards for any N)",
+    )
+    p.add_argument(
         "--limit", type=int, help="first N inputs per class (per source without classes)"
     )
     p.add_argument("--resize", help="images: N or HxW (resize to cover, then center crop)")
@@ -140,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or "train"
     manifest = shard(
         args.source, args.input, args.output, split,
-        max_count=args.max_count, max_bytes=args.max_bytes, seed=args.seed, log=log, **options,
+        max_count=args.max_count, max_bytes=args.max_bytes, seed=args.seed, workers=args.workers,
+        log=log, **options,
     )  # fmt: skip
     info = manifest.splits[split]
     print(

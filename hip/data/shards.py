@@ -6,9 +6,15 @@ fixed tar metadata (mtime/uid/gid/names), so the same samples always give the sa
 and sha256; it is written under a temporary name and renamed (S3: temporary key, copy,
 delete). The manifest is written last: a shard it does not name is never read.
 
-Sharding resumes: after every shard a small progress file `_progress-{split}.json` records
-the finished shards; a re-run with the same inputs and options keeps those that still
-verify and continues after them. A run that finds an up-to-date manifest does nothing.
+The layout is fixed before writing: shard i holds positions [i*n, (i+1)*n) of the seeded,
+global shuffle of the inputs (n from max_count/max_bytes), so the shards can be written in
+partitions (processes, Dask workers) and are the same whatever their number; a final merge
+writes the manifest (`plan_shards` -> `write_partition` per partition -> `merge_shards`).
+
+Sharding resumes: after every shard a partition's progress file
+`_progress-{split}-{first:06d}-{end:06d}.json` records its finished shards; a re-run with the
+same inputs and options keeps those that still verify and writes the others. A run that
+finds an up-to-date manifest does nothing.
 
 Tar member layout per sample key `K` (keys are sanitized: `[A-Za-z0-9_-]` only):
 `K.image.png|K.image.jpg` (uint8 image), `K.mask.png` (uint8 class indices, 255 = ignore),
@@ -18,11 +24,14 @@ text) or `K.labels.json` (list of class indices, multi-label).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -381,7 +390,8 @@ def remove_stale_temp(output: str | Path, split: str) -> list[str]:
     if storage.is_s3(str(output)) or not folder.is_dir():
         return []
     pattern = re.compile(
-        rf"^\.({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}\.json)\..+\.tmp$"
+        rf"^\.({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}(-\d{{6}}-\d{{6}})?\.json)"
+        r"\..+\.tmp$"
     )
     removed = []
     for child in folder.iterdir():
@@ -432,174 +442,317 @@ def _up_to_date(entry: SplitInfo | None, fp: str, output: str, s3: storage.S3Con
     )
 
 
+# ------------------------------------------------------------------ partitioned writing
+#
+# The layout is fixed before any shard is written: shard i holds the inputs at positions
+# [i * per_shard, (i + 1) * per_shard) of the globally shuffled order (`shuffled(items, seed)`),
+# per_shard coming from max_count and max_bytes (see `_layout`). A partition is a set of shard
+# indexes, so every partitioning - one process, N processes, N Dask workers - writes the same
+# shards under the same names with the same bytes; the merge writes the manifest last.
+
+PLAN_SAMPLES = 16  # readable samples decoded to fix the reference spec and the bytes per sample
+_LAYOUT = 2  # progress-file format: one file per partition, one record per shard index
+
+
 @dataclasses.dataclass
-class _Pending:
-    """The shard being filled: its tar members, size, sample count, first item and skips."""
+class ShardPlan:
+    """Everything a partition needs to write its shards, and the merge its manifest (picklable).
 
-    start: int
-    members: list[tuple[str, bytes]] = dataclasses.field(default_factory=list)
-    size: int = 0
-    count: int = 0
-    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    stats: _Stats = dataclasses.field(default_factory=_Stats)
+    `done` maps shard index -> the record a previous (interrupted) run left in a progress
+    file; a partition reuses such a shard only after re-checking its sha256. `current` is the
+    output's manifest when it is already up to date (nothing to write).
+    """
 
-
-@dataclasses.dataclass
-class _Progress:
-    """A split's finished shard records and sample spec, saved to its progress file after each."""
-
+    source: str
+    input: str | None
     output: str
     split: str
+    options: dict[str, Any]
+    max_count: int
+    max_bytes: int
+    seed: int | None
     fingerprint: str
-    s3: storage.S3Config | None
-    done: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    num_items: int = 0
+    per_shard: int = 1
     spec: dict[str, Any] | None = None
+    task: str = ""
+    label_names: list[str] = dataclasses.field(default_factory=list)
+    source_type: str = ""
+    description: dict[str, Any] = dataclasses.field(default_factory=dict)
+    listing_skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    done: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    current: Manifest | None = None
 
     @property
-    def uri(self) -> str:
-        return storage.join(self.output, f"_progress-{self.split}.json")
+    def num_shards(self) -> int:
+        """Shard slots in the layout (a slot whose inputs are all unreadable writes no file)."""
+        return -(-self.num_items // self.per_shard)
 
-    def resume(self, log: Callable[[str], None]) -> int:
-        """Keep the recorded shards that still verify (same fingerprint); returns the next item."""
-        progress = _load_json(self.uri, self.s3) or {}
-        if progress.get("fingerprint") == self.fingerprint:
-            for rec in progress.get("shards", []):
-                uri = storage.join(self.output, rec["name"])
-                if not _shard_ok(uri, rec["sha256"], rec["bytes"], self.s3):
-                    break
-                self.done.append(rec)
-            if self.done:
-                log(f"{self.split}: resuming after {len(self.done)} verified shard(s)")
-        self.spec = progress.get("spec") if self.done else None
-        return self.done[-1]["end_item"] if self.done else 0
-
-    def flush(self, pending: _Pending, end: int, log: Callable[[str], None]) -> None:
-        """Write `pending` as the next shard, then record it in the progress file."""
-        name = shard_name(self.split, len(self.done))
-        data = build_tar(pending.members)
-        storage.write_bytes(storage.join(self.output, name), data, self.s3)
-        rec = {
-            "name": name, "count": pending.count, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "start_item": pending.start,
-            "end_item": end, "skipped": pending.skipped, "stats": dataclasses.asdict(pending.stats),
-        }  # fmt: skip
-        self.done.append(rec)
-        storage.write_bytes(
-            self.uri,
-            _dump({"fingerprint": self.fingerprint, "spec": self.spec, "shards": self.done}),
-            self.s3,
-        )
-        log(f"{self.split}: wrote {name} ({pending.count} samples, {len(data)} bytes)")
+    def positions(self, index: int) -> range:
+        """Positions in the shuffled input order that shard `index` holds."""
+        return range(index * self.per_shard, min((index + 1) * self.per_shard, self.num_items))
 
 
-def _write_items(
-    progress: _Progress,
-    items: list[Item],
-    position: int,
-    task: str,
-    opts: SourceOptions,
-    max_count: int,
-    max_bytes: int,
-    log: Callable[[str], None],
-) -> None:
-    """Decode and encode `items[position:]`, writing a shard each time one is full.
+def partitions(num_shards: int, n: int) -> list[list[int]]:
+    """`num_shards` shard indexes cut into at most `n` contiguous, near-equal partitions."""
+    n = max(1, min(n, num_shards))
+    bounds = [num_shards * k // n for k in range(n + 1)]
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
-    An input that fails to decode, or whose shape/format differs from the first sample's,
-    is recorded as skipped in the shard being filled.
-    """
-    pending = _Pending(position)
-    for i in range(position, len(items)):
-        item = items[i]
-        try:
-            raw = item.load()
-            s = _spec(raw, opts)
-            if not s:
-                raise ValueError("no modality decoded")
-            enc = _encode(item, raw, task, opts)
-        except Exception as exc:  # noqa: BLE001 - any bad input is reported and skipped
-            pending.skipped.append({"input": item.origin, "reason": f"{type(exc).__name__}: {exc}"})
+
+def _progress_uri(output: str, split: str, indexes: list[int]) -> str:
+    return storage.join(output, f"_progress-{split}-{min(indexes):06d}-{max(indexes) + 1:06d}.json")
+
+
+def _progress_names(output: str, split: str, s3: storage.S3Config | None) -> list[str]:
+    """This split's progress files in `output` (one per partition; the old single file too)."""
+    pattern = re.compile(rf"^_progress-{re.escape(split)}(-\d{{6}}-\d{{6}})?\.json$")
+    return [n for n in storage.list_names(output, s3) if pattern.match(n)]
+
+
+def _recorded(
+    output: str, split: str, fingerprint: str, per_shard: int, s3: storage.S3Config | None
+) -> dict[int, dict[str, Any]]:
+    """Shard records that earlier runs of the same inputs left in progress files (unverified)."""
+    done: dict[int, dict[str, Any]] = {}
+    for name in _progress_names(output, split, s3):
+        progress = _load_json(storage.join(output, name), s3) or {}
+        if (
+            progress.get("layout") != _LAYOUT
+            or progress.get("fingerprint") != fingerprint
+            or progress.get("per_shard") != per_shard
+        ):
             continue
-        if progress.spec is None:
-            progress.spec = s
-        elif s != progress.spec:
-            spec = progress.spec
+        for rec in progress.get("shards", []):
+            done[int(rec["index"])] = rec
+    return done
+
+
+def _load_item(item: Item, task: str, opts: SourceOptions) -> tuple[Any, dict, list] | str:
+    """(raw arrays, spec, tar members) of one input, or the reason it cannot be read."""
+    try:
+        raw = item.load()
+        s = _spec(raw, opts)
+        if not s:
+            raise ValueError("no modality decoded")
+        return raw, s, _encode(item, raw, task, opts)
+    except Exception as exc:  # noqa: BLE001 - any bad input is reported and skipped
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _layout(
+    items: list[Item], task: str, opts: SourceOptions, max_count: int, max_bytes: int
+) -> tuple[dict[str, Any] | None, int]:
+    """The reference spec (the first readable input's) and the samples per shard.
+
+    Samples per shard is max_count, lowered so that PLAN_SAMPLES readable inputs at the head of
+    the shuffled order, the largest of them times per_shard, fit in max_bytes: a function of
+    the inputs and options alone, never of the number of workers.
+    """
+    spec, largest, seen = None, 0, 0
+    for item in items:
+        loaded = _load_item(item, task, opts)
+        if isinstance(loaded, str):
+            continue
+        _, s, enc = loaded
+        spec = spec or s
+        if s == spec:
+            largest = max(largest, sum(_member_bytes(len(d)) for _, d in enc))
+            seen += 1
+        if seen >= PLAN_SAMPLES:
+            break
+    per_shard = max_count if not largest else max(1, min(max_count, max_bytes // largest))
+    return spec, per_shard
+
+
+def plan_shards(
+    source: str,
+    input: str | Path | None,
+    output: str | Path,
+    split: str = "train",
+    *,
+    max_count: int = DEFAULT_MAX_COUNT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    seed: int | None = DEFAULT_SHUFFLE_SEED,
+    s3: storage.S3Config | None = None,
+    log: Callable[[str], None] | None = None,
+    **options: Any,
+) -> ShardPlan:
+    """Fix a split's shard layout from the seeded global order; find what earlier runs left.
+
+    `plan.current` is set (and nothing else needs doing) when the output's manifest already
+    holds this split from the same inputs and every shard of it verifies.
+    """
+    log = log or (lambda msg: None)
+    opts = _check_options(options, split, max_count, max_bytes)
+    output = str(output)
+    if storage.is_s3(output):
+        storage.check_bucket(output, s3)
+    src = open_source(source, str(input) if input is not None else None, split, opts)
+    items = shuffled(src.items, seed)
+    if not items:
+        raise UserError(f"{source}: no inputs found for split {split!r} in {input}")
+    fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
+    plan = ShardPlan(
+        source=source, input=None if input is None else str(input), output=output, split=split,
+        options=dict(options), max_count=max_count, max_bytes=max_bytes, seed=seed,
+        fingerprint=fp, num_items=len(items), task=src.task, label_names=list(src.label_names),
+        source_type=src.type, description=dict(src.description),
+        listing_skipped=list(src.skipped),
+    )  # fmt: skip
+    for stale in remove_stale_temp(output, split):
+        log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
+    old = _read_existing(storage.join(output, MANIFEST), output, s3)
+    if old is not None and _up_to_date(old.splits.get(split), fp, output, s3):
+        log(f"{split}: up to date ({len(old.splits[split].shards)} shards verify)")
+        if not storage.is_s3(output):  # a run killed after its manifest left these behind
+            for name in _progress_names(output, split, s3):
+                storage.delete(storage.join(output, name))
+        plan.current = old
+        return plan
+    plan.spec, plan.per_shard = _layout(items, src.task, opts, max_count, max_bytes)
+    plan.done = _recorded(output, split, fp, plan.per_shard, s3)
+    if plan.done:
+        log(
+            f"{split}: resuming after {len(plan.done)} of {plan.num_shards} recorded shard(s) "
+            "(each re-checked before it is kept)"
+        )
+    return plan
+
+
+def _write_shard(
+    plan: ShardPlan, index: int, items: list[Item], opts: SourceOptions, s3: storage.S3Config | None
+) -> dict[str, Any]:
+    """Decode, encode and write shard `index`; returns its record (name None: nothing readable).
+
+    An input that fails to decode, or whose shape/format differs from the plan's reference
+    spec (the first readable input's), is recorded as skipped.
+    """
+    members: list[tuple[str, bytes]] = []
+    skipped: list[dict[str, str]] = []
+    stats, count = _Stats(), 0
+    for pos in plan.positions(index):
+        item = items[pos]
+        loaded = _load_item(item, plan.task, opts)
+        if isinstance(loaded, str):
+            skipped.append({"input": item.origin, "reason": loaded})
+            continue
+        raw, s, enc = loaded
+        if s != plan.spec:
+            spec = plan.spec or {}
             diff = {
                 k: s.get(k, {}).get("shape") for k in set(s) | set(spec) if s.get(k) != spec.get(k)
             }
-            pending.skipped.append(
+            skipped.append(
                 {
                     "input": item.origin,
                     "reason": f"shape/format {diff} differs from the first sample's; pass --resize / --clip-seconds",
                 }
             )
             continue
-        nbytes = sum(_member_bytes(len(d)) for _, d in enc)
-        if pending.count and (pending.count >= max_count or pending.size + nbytes > max_bytes):
-            progress.flush(pending, i, log)
-            pending = _Pending(i)
-        pending.members.extend(enc)
-        pending.size += nbytes
-        pending.count += 1
-        pending.stats.add(raw)
-    if pending.count:
-        progress.flush(pending, len(items), log)
-    elif pending.skipped:
-        progress.done.append({"name": None, "skipped": pending.skipped, "count": 0})
+        members.extend(enc)
+        count += 1
+        stats.add(raw)
+    rec: dict[str, Any] = {"index": index, "name": None, "count": 0, "skipped": skipped}
+    if count:
+        name = shard_name(plan.split, index)
+        data = build_tar(members)
+        storage.write_bytes(storage.join(plan.output, name), data, s3)
+        rec.update(
+            name=name, count=count, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+            stats=dataclasses.asdict(stats),
+        )  # fmt: skip
+    return rec
 
 
-def _split_entry(
-    source: str,
-    src: Source,
-    input: str | Path | None,
-    opts: SourceOptions,
-    progress: _Progress,
-    now: str,
-    max_count: int,
-    max_bytes: int,
-    seed: int | None,
-) -> SplitInfo:
+def _reusable(plan: ShardPlan, rec: dict[str, Any] | None, s3: storage.S3Config | None) -> bool:
+    """Whether a recorded shard is still there with its recorded sha256 (or wrote no file)."""
+    if rec is None:
+        return False
+    if rec.get("name") is None:
+        return True
+    return _shard_ok(storage.join(plan.output, rec["name"]), rec["sha256"], rec["bytes"], s3)
+
+
+def write_partition(
+    plan: ShardPlan,
+    indexes: list[int],
+    s3: storage.S3Config | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Write the shards `indexes` of `plan` (skipping recorded ones that verify); their records.
+
+    Runs anywhere the inputs and output are reachable (another process, a Dask worker): it
+    re-opens the source and checks it still has the plan's fingerprint. After each shard, the
+    partition's progress file `_progress-{split}-{first:06d}-{end:06d}.json` is rewritten, so a
+    killed partition loses at most the shard it was writing.
+    """
+    log = log or (lambda msg: None)
+    if not indexes:
+        return []
+    opts = _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes)
+    src = open_source(plan.source, plan.input, plan.split, opts)
+    if _fingerprint(src, opts, plan.split, plan.max_count, plan.max_bytes, plan.seed) != (
+        plan.fingerprint
+    ):
+        raise UserError(f"{plan.source}: the inputs of split {plan.split!r} changed while sharding")
+    items = shuffled(src.items, plan.seed)
+    uri = _progress_uri(plan.output, plan.split, indexes)
+    records: list[dict[str, Any]] = []
+    for index in indexes:
+        rec = plan.done.get(index)
+        if not _reusable(plan, rec, s3):
+            rec = _write_shard(plan, index, items, opts, s3)
+            progress = {
+                "layout": _LAYOUT, "fingerprint": plan.fingerprint, "per_shard": plan.per_shard,
+                "shards": [*records, rec],
+            }  # fmt: skip
+            storage.write_bytes(uri, _dump(progress), s3)
+            what = f"{rec['count']} samples, {rec.get('bytes', 0)} bytes"
+            log(f"{plan.split}: wrote {rec['name'] or f'nothing for shard {index}'} ({what})")
+        assert rec is not None
+        records.append(rec)
+    return records
+
+
+def _split_entry(plan: ShardPlan, done: list[dict[str, Any]], now: str) -> SplitInfo:
     """The manifest entry of the written split; an error if no sample could be read."""
-    all_skipped = list(src.skipped) + [s for r in progress.done for s in r.get("skipped", [])]
+    all_skipped = list(plan.listing_skipped) + [s for r in done for s in r.get("skipped", [])]
     shards = [
-        ShardInfo(r["name"], r["count"], r["bytes"], r["sha256"])
-        for r in progress.done
-        if r.get("name")
+        ShardInfo(r["name"], r["count"], r["bytes"], r["sha256"]) for r in done if r.get("name")
     ]
-    if not shards or progress.spec is None:
+    if not shards or plan.spec is None:
         reasons = "; ".join(f"{s['input']}: {s['reason']}" for s in all_skipped[:5])
         raise UserError(
-            f"{source}: no readable samples for split {progress.split!r} (e.g. {reasons})"
+            f"{plan.source}: no readable samples for split {plan.split!r} (e.g. {reasons})"
         )
+    opts = _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes)
     return SplitInfo(
         num_samples=sum(s.count for s in shards),
         shards=shards,
         skipped=all_skipped,
-        source={
-            "type": src.type,
-            "input": None if input is None else str(input),
-            **src.description,
-        },
+        source={"type": plan.source_type, "input": plan.input, **plan.description},
         options={
             **dataclasses.asdict(opts),
-            "max_count": max_count,
-            "max_bytes": max_bytes,
-            "seed": seed,
+            "max_count": plan.max_count,
+            "max_bytes": plan.max_bytes,
+            "seed": plan.seed,
         },
-        fingerprint=progress.fingerprint,
+        fingerprint=plan.fingerprint,
         created=now,
     )
 
 
-def _new_manifest(
-    src: Source, spec: dict[str, Any], done: list[dict[str, Any]], now: str
-) -> Manifest:
+def _new_manifest(plan: ShardPlan, done: list[dict[str, Any]], now: str) -> Manifest:
     """The manifest of this split alone: task, labels, modalities (with image mean/std), targets."""
+    assert plan.spec is not None
+    spec = plan.spec
     total = _Stats()
     for r in done:
         if "stats" in r:
             total.merge(r["stats"])
-    label_names = list(src.label_names)
-    if src.task == "segmentation" and not label_names:
+    label_names = list(plan.label_names)
+    if plan.task == "segmentation" and not label_names:
         label_names = [str(i) for i in range(total.mask_max + 1)]
     modalities = json.loads(json.dumps(spec))
     if "image" in modalities and total.n:
@@ -609,7 +762,7 @@ def _new_manifest(
             max(b / total.n - m * m, 0.0) ** 0.5 for b, m in zip(total.ss, mean, strict=True)
         ]
     targets: dict[str, Any] = {}
-    if src.task == "segmentation":
+    if plan.task == "segmentation":
         img = spec["image"]
         targets = {
             "mask": {"shape": [img["height"] * img["width"]], "dtype": "int64", "ignore_index": 255}
@@ -619,7 +772,7 @@ def _new_manifest(
         tool="hip",
         tool_version=hip.__version__,
         created=now,
-        task=src.task,
+        task=plan.task,
         label_names=label_names,
         num_classes=len(label_names),
         modalities={k: {kk: vv for kk, vv in v.items()} for k, v in modalities.items()},
@@ -657,6 +810,54 @@ def _merge_existing(manifest: Manifest, old: Manifest, split: str, manifest_uri:
         }  # mean/std come from the train split when it exists
 
 
+def merge_shards(
+    plan: ShardPlan,
+    records: Iterable[dict[str, Any]],
+    s3: storage.S3Config | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Write the manifest from every partition's shard records, last and atomically.
+
+    Every shard slot of the plan must have a record; the split replaces its old entry in the
+    output's manifest (other splits are kept), then the progress files are deleted.
+    """
+    log = log or (lambda msg: None)
+    if plan.current is not None:
+        return plan.current
+    done = sorted(records, key=lambda r: int(r["index"]))
+    missing = sorted(set(range(plan.num_shards)) - {int(r["index"]) for r in done})
+    if missing or len(done) != plan.num_shards:
+        raise UserError(
+            f"{plan.split}: cannot write the manifest, shard(s) {missing[:10]} have no record"
+        )
+    manifest_uri = storage.join(plan.output, MANIFEST)
+    old = _read_existing(manifest_uri, plan.output, s3)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    entry = _split_entry(plan, done, now)
+    manifest = _new_manifest(plan, done, now)
+    if old is not None:
+        _merge_existing(manifest, old, plan.split, manifest_uri)
+    manifest.splits[plan.split] = entry
+    manifest.splits = dict(sorted(manifest.splits.items()))
+    manifest.write(plan.output, s3)
+    for name in _progress_names(plan.output, plan.split, s3):
+        storage.delete(storage.join(plan.output, name), s3)
+    log(
+        f"{plan.split}: {entry.num_samples} samples in {len(entry.shards)} shard(s), "
+        f"{len(entry.skipped)} skipped"
+    )
+    return manifest
+
+
+def _child_partition(
+    plan: ShardPlan, indexes: list[int], s3: storage.S3Config | None, verbose: bool
+) -> list[dict[str, Any]]:
+    """`write_partition` in a worker process (printing its progress when `verbose`)."""
+    return write_partition(
+        plan, indexes, s3, functools.partial(print, flush=True) if verbose else None
+    )
+
+
 def shard(
     source: str,
     input: str | Path | None,
@@ -666,6 +867,7 @@ def shard(
     max_count: int = DEFAULT_MAX_COUNT,
     max_bytes: int = DEFAULT_MAX_BYTES,
     seed: int | None = DEFAULT_SHUFFLE_SEED,
+    workers: int = 1,
     s3: storage.S3Config | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
@@ -677,46 +879,29 @@ def shard(
     batches (a shuffle buffer cannot mix a large single-class run). `seed=None` keeps the
     sorted input order.
 
+    `workers` > 1 writes contiguous partitions of the shard layout in that many processes
+    (spawned); the shards and manifest are the same for every `workers`.
+
     `options` are SourceOptions fields (limit, resize, channels, image_format, sample_rate,
     clip_seconds, audio_length, audio_crop, fps, video_size, pattern, split_pattern, preset,
     segments_csv, class_index_csv, mask_mode). Returns the manifest (with `root`).
     """
-    log = log or (lambda msg: None)
-    opts = _check_options(options, split, max_count, max_bytes)
-    output = str(output)
-    if storage.is_s3(output):
-        storage.check_bucket(output, s3)
-
-    src = open_source(source, str(input) if input is not None else None, split, opts)
-    items = shuffled(src.items, seed)
-    if not items:
-        raise UserError(f"{source}: no inputs found for split {split!r} in {input}")
-    fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
-
-    for stale in remove_stale_temp(output, split):
-        log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
-    progress = _Progress(output, split, fp, s3)
-    manifest_uri = storage.join(output, MANIFEST)
-    old = _read_existing(manifest_uri, output, s3)
-    if old is not None and _up_to_date(old.splits.get(split), fp, output, s3):
-        log(f"{split}: up to date ({len(old.splits[split].shards)} shards verify)")
-        if not storage.is_s3(output):  # a run killed after its manifest left this behind
-            storage.delete(progress.uri)
-        return old
-
-    position = progress.resume(log)
-    _write_items(progress, items, position, src.task, opts, max_count, max_bytes, log)
-
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    entry = _split_entry(source, src, input, opts, progress, now, max_count, max_bytes, seed)
-    manifest = _new_manifest(src, progress.spec, progress.done, now)
-    if old is not None:
-        _merge_existing(manifest, old, split, manifest_uri)
-    manifest.splits[split] = entry
-    manifest.splits = dict(sorted(manifest.splits.items()))
-    manifest.write(output, s3)
-    storage.delete(progress.uri, s3)
-    log(
-        f"{split}: {entry.num_samples} samples in {len(entry.shards)} shard(s), {len(entry.skipped)} skipped"
-    )
-    return manifest
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+    plan = plan_shards(
+        source, input, output, split, max_count=max_count, max_bytes=max_bytes, seed=seed,
+        s3=s3, log=log, **options,
+    )  # fmt: skip
+    if plan.current is not None:
+        return plan.current
+    parts = partitions(plan.num_shards, workers)
+    if len(parts) == 1:
+        records = write_partition(plan, parts[0], s3, log)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no forked locks, sockets or torch threads
+        with concurrent.futures.ProcessPoolExecutor(len(parts), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_child_partition, plan, part, s3, log is not None) for part in parts
+            ]
+            records = [rec for f in futures for rec in f.result()]
+    return merge_shards(plan, records, s3, log)
