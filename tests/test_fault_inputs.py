@@ -170,7 +170,7 @@ FLOW_CASES = [
     ("unknown-pipeline", ["--pipeline", "demoo"], 2, "unknown pipeline 'demoo'"),
     ("missing-pipeline-file", ["--pipeline", "{T}/missing.yaml"], 2, "file not found"),
     ("unknown-key", ["foo=1"], 2, "pipeline override 'foo=1' does not fit"),
-    ("wrong-type", ["datasets=3"], 2, "bad key or value 'datasets'"),
+    ("wrong-type", ["datasets=3"], 2, "pipeline override 'datasets=3' does not fit"),
     ("unknown-dataset-ref", ["pretrain_dataset=zzz"], 2, "data set 'zzz' is not among"),
 ]
 
