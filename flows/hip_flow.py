@@ -49,8 +49,16 @@ def _prefect_tags() -> dict[str, str]:
     with contextlib.suppress(Exception):
         if flow_run.id:
             tags["prefect_flow_run_id"] = str(flow_run.id)
-            tags["prefect_flow_run_url"] = str(flow_run.ui_url or "")
+            tags["prefect_flow_run_url"] = _flow_run_url(str(flow_run.id))
     return tags
+
+
+def _flow_run_url(run_id: str) -> str:
+    """The flow run's page in the Prefect UI ('' with no UI, e.g. the ephemeral API)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = PREFECT_UI_URL.value()
+    return f"{str(ui).rstrip('/')}/runs/flow-run/{run_id}" if ui else ""
 
 
 def _tracking_overrides(
@@ -491,6 +499,6 @@ def _lease(p: PipelineConfig, stage: str) -> contextlib.AbstractContextManager[A
     owner = f"hip {stage} '{p.name}'"
     with contextlib.suppress(Exception):
         if flow_run.id:
-            where = f", {flow_run.ui_url}" if flow_run.ui_url else ""  # None when ephemeral
-            owner += f" (Prefect flow run {flow_run.name}{where})"
+            url = _flow_run_url(str(flow_run.id))
+            owner += f" (Prefect flow run {flow_run.name}{', ' + url if url else ''})"
     return worklock.exclusive(_work(p), owner)

@@ -229,7 +229,7 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     tags = by_name["pretrain-mnist5k"].data.tags
     tagged = _api(f"{api}/flow_runs/{tags['prefect_flow_run_id']}")
     assert tagged["state"]["type"] == "COMPLETED"
-    assert tags["prefect_flow_run_url"].endswith(tagged["id"])
+    assert tags["prefect_flow_run_url"].endswith(f"/runs/flow-run/{tagged['id']}")
 
     # The champion is the MAE-finetuned model (never the baseline), loadable with MLflow alone.
     versions = client.search_model_versions("name='hip-mnist'")
