@@ -122,6 +122,8 @@ def load_pretrained(
 ) -> list[str]:
     """Load an MAE checkpoint's encoder and position tables (and decoder, for segmentation).
 
+    The input normalisation comes with them (the encoder learned on those inputs).
+
     Every backbone parameter of `task_model` must be present with the same shape, except the
     MAE unembedding which the task heads replace. Returns the names loaded. With
     `freeze_positions`, the position tables stop receiving gradients.
@@ -129,6 +131,8 @@ def load_pretrained(
     source = backbone_state(state_dict)
     target = task_model.backbone.state_dict()
     wanted = {k for k in target if not k.startswith("unembed.")}
+    if not any(k.startswith("input_norm.") for k in source):  # older checkpoints: identity
+        wanted = {k for k in wanted if not k.startswith("input_norm.")}
     missing = sorted(k for k in wanted if k not in source)
     bad = sorted(
         f"{k}: {tuple(source[k].shape)} vs {tuple(target[k].shape)}"

@@ -12,6 +12,7 @@ from hip.errors import InputShapeError
 from hip.model.blocks import CrossAttention, HiPBlock
 from hip.model.grouping import GroupPlan, group, plan_groups, ungroup
 from hip.model.layers import linear, trunc_normal_fan_in_
+from hip.model.normalize import InputNorm
 from hip.model.presets import HiPConfig, make_config
 
 Modalities = Mapping[str, tuple[int, int]]
@@ -56,6 +57,8 @@ class HiP(nn.Module):
             cfg.num_groups[0], {k: m for k, (m, _) in self.modalities.items()}
         )
 
+        # Per-modality standardisation before the embedding (identity unless set; ours).
+        self.input_norm = InputNorm(self.modalities)
         self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.modalities.items()})
         # Learned position tables [M, E]: added to the embedding and reused as the MAE query.
         self.pos = nn.ParameterDict(
@@ -144,8 +147,8 @@ class HiP(nn.Module):
         return group(self.plan, {k: v.unsqueeze(0) for k, v in self.positions().items()})
 
     def group_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
-        return group(self.plan, self.embed_inputs(self.check_inputs(inputs)))
+        """Normalise, embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
+        return group(self.plan, self.embed_inputs(self.input_norm(self.check_inputs(inputs))))
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run encoder blocks and the processor on grouped tokens; return every block's output."""
