@@ -74,6 +74,11 @@ def test_finetuning_inherits_the_pretrained_normalisation():
     load_pretrained(clf, mae.state_dict())
     assert clf.backbone.input_norm.modes() == {"image": "dataset"}
     assert torch.equal(clf.backbone.input_norm.image_std, mae.model.input_norm.image_std)
+    # A checkpoint from before InputNorm: its encoder saw raw inputs, so the finetune does too.
+    old = {k: v for k, v in mae.state_dict().items() if ".input_norm." not in k}
+    fit_input_norm(clf, "dataset", [{"image": torch.rand(8, 64, 1)}])
+    load_pretrained(clf, old)
+    assert clf.backbone.input_norm.modes() == {"image": "none"}
 
 
 def test_position_tables_get_their_own_lr_group_only_when_asked():

@@ -131,7 +131,8 @@ def load_pretrained(
     source = backbone_state(state_dict)
     target = task_model.backbone.state_dict()
     wanted = {k for k in target if not k.startswith("unembed.")}
-    if not any(k.startswith("input_norm.") for k in source):  # older checkpoints: identity
+    old_format = not any(k.startswith("input_norm.") for k in source)
+    if old_format:  # a checkpoint from before InputNorm: its encoder saw raw inputs
         wanted = {k for k in wanted if not k.startswith("input_norm.")}
     missing = sorted(k for k in wanted if k not in source)
     bad = sorted(
@@ -145,6 +146,9 @@ def load_pretrained(
             f"modalities?); missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}; mis-shaped: {bad[:10]}"
         )
     task_model.backbone.load_state_dict({k: source[k] for k in wanted}, strict=False)
+    if old_format:
+        for name in task_model.backbone.input_norm.names:
+            task_model.backbone.input_norm.set_mode(name, "none")
     if freeze_positions:
         for p in task_model.backbone.pos.values():
             p.requires_grad_(False)
