@@ -17,7 +17,10 @@ On a busy shared CPU use `--threads 1` (two torch threads competing with other j
 step ~15x slower here). Results and timings: docs/BENCHMARKS.md.
 
 Usage: .venv/bin/python bench/evidence_real_data.py [--shared-data PATH] [--out JSON]
-       [--work DIR] [--datasets isbi,fsdd,mnist] [--steps-scale F] [--threads N]
+       [--work DIR] [--datasets isbi,fsdd,mnist] [--steps-scale F] [--threads N] [--quick]
+
+`--quick` runs a quarter of every budget on one thread: it checks that the table
+regenerates and shows the direction, not the final numbers.
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ RECIPES = {
         "mnist",
         "top1",
         1000,
-        300,
+        1000,
         ["data.batch_size=32"],
         ["data.batch_size=32"],
         prepare_mnist,
@@ -193,8 +196,8 @@ RECIPES = {
         "top1",
         600,
         400,
-        ["data.batch_size=16", "mae.norm_targets=true"],
-        ["data.batch_size=16"],
+        ["data.batch_size=16", "mae.norm_targets=true", "model.input_norm=sample"],
+        ["data.batch_size=16", "model.input_norm=sample"],
         prepare_fsdd,
     ),
     "isbi": Recipe(
@@ -324,7 +327,15 @@ def main() -> int:
     ap.add_argument("--datasets", default="isbi,fsdd,mnist", help="comma-separated subset")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a quarter of every step budget, one torch thread (a smoke run of the table)",
+    )
     args = ap.parse_args()
+    if args.quick:
+        args.steps_scale = min(args.steps_scale, 0.25)
+        args.threads = args.threads or 1
     if args.threads:
         import torch
 

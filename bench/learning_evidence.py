@@ -34,8 +34,8 @@ def run(stage, preset, out, steps, extra):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="run folder (default: a temporary one)")
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
-    ap.add_argument("--finetune-steps", type=int, default=300)
+    ap.add_argument("--pretrain-steps", type=int, default=1000)
+    ap.add_argument("--finetune-steps", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:

@@ -31,6 +31,12 @@ class ModelSection:
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Ours, not the official model (docs/BENCHMARKS.md, issue 14): standardise each input
+    # modality before its embedding (none | dataset: the training split's per-channel mean and
+    # std | sample: each sample over its own tokens), kept in the checkpoint; and start the
+    # position tables from sin/cos of the coordinates (official | coords) when not pretrained.
+    input_norm: str = "none"
+    position_init: str = "official"
 
 
 @dataclass
@@ -64,6 +70,7 @@ class OptimSection:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (norm still logged)
     grad_accum: int = 1  # micro-batches per optimizer step
+    position_lr_mult: float = 1.0  # peak lr of the position tables = lr x this (ours; 1 = official)
 
 
 @dataclass
@@ -335,6 +342,10 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"optim.warmup_steps must be >= 0, got {cfg.optim.warmup_steps}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    _choice(cfg.model.input_norm, ("none", "dataset", "sample"), "model.input_norm")
+    _choice(cfg.model.position_init, ("official", "coords"), "model.position_init")
+    if not cfg.optim.position_lr_mult > 0:
+        raise UserError(f"optim.position_lr_mult must be > 0, got {cfg.optim.position_lr_mult}")
     if not 0.0 < cfg.mae.mask_ratio < 1.0:
         raise UserError(f"mae.mask_ratio must be in (0, 1), got {cfg.mae.mask_ratio}")
     if cfg.data.num_workers < 0:

@@ -122,6 +122,8 @@ def load_pretrained(
 ) -> list[str]:
     """Load an MAE checkpoint's encoder and position tables (and decoder, for segmentation).
 
+    The input normalisation comes with them (the encoder learned on those inputs).
+
     Every backbone parameter of `task_model` must be present with the same shape, except the
     MAE unembedding which the task heads replace. Returns the names loaded. With
     `freeze_positions`, the position tables stop receiving gradients.
@@ -132,6 +134,9 @@ def load_pretrained(
     # replace it); a model can name its own (the class bottleneck's label parts).
     skip = tuple(getattr(task_model, "pretrained_skip", ("unembed.",)))
     wanted = {k for k in target if not k.startswith(skip)}
+    old_format = not any(k.startswith("input_norm.") for k in source)
+    if old_format:  # a checkpoint from before InputNorm: its encoder saw raw inputs
+        wanted = {k for k in wanted if not k.startswith("input_norm.")}
     missing = sorted(k for k in wanted if k not in source)
     bad = sorted(
         f"{k}: {tuple(source[k].shape)} vs {tuple(target[k].shape)}"
@@ -144,6 +149,9 @@ def load_pretrained(
             f"modalities?); missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}; mis-shaped: {bad[:10]}"
         )
     task_model.backbone.load_state_dict({k: source[k] for k in wanted}, strict=False)
+    if old_format:
+        for name in task_model.backbone.input_norm.names:
+            task_model.backbone.input_norm.set_mode(name, "none")
     if freeze_positions:
         for p in task_model.backbone.pos.values():
             p.requires_grad_(False)

@@ -12,6 +12,7 @@ from hip.errors import InputShapeError
 from hip.model.blocks import CrossAttention, HiPBlock, regroup
 from hip.model.grouping import GroupPlan, group, plan_groups, ungroup
 from hip.model.layers import linear, trunc_normal_fan_in_
+from hip.model.normalize import InputNorm
 from hip.model.presets import HiPConfig, make_config
 
 Modalities = Mapping[str, tuple[int, int]]
@@ -55,6 +56,8 @@ class HiP(nn.Module):
         self._plans: dict[tuple[str, ...], GroupPlan] = {}
         self.plan: GroupPlan = self.plan_for(self.modalities)
 
+        # Per-modality standardisation before the embedding (identity unless set; ours).
+        self.input_norm = InputNorm(self.modalities)
         self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.modalities.items()})
         # Learned position tables [M, E]: added to the embedding and reused as the MAE query.
         self.pos = nn.ParameterDict(
@@ -183,8 +186,8 @@ class HiP(nn.Module):
         return group(self.plan_for(pos), {k: v.unsqueeze(0) for k, v in pos.items()})
 
     def group_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
-        inputs = self.check_inputs(inputs)
+        """Normalise, embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
+        inputs = self.input_norm(self.check_inputs(inputs))
         return group(self.plan_for(inputs), self.embed_inputs(inputs))
 
     def encode(

@@ -95,6 +95,8 @@ class MAE(nn.Module):
     def visible_tokens(self, inputs: Mapping[str, torch.Tensor], mask: GroupMask) -> torch.Tensor:
         """The encoder's input `[B, G, n_keep, E]`: embedding + position of the kept tokens.
 
+        `inputs` are already normalised (`model.input_norm`; `forward` does it).
+
         Gathers the raw values and the position vectors first and embeds only the kept
         tokens, so the full-size `[B, G, L, E]` embedding is never built (the same numbers as
         `gather_groups(model.group_inputs(inputs), mask.keep)`: the embedding is per token).
@@ -143,7 +145,9 @@ class MAE(nn.Module):
         mask: GroupMask | None = None,
     ) -> MAEOutput:
         """One MAE pass: mask, encode the visible tokens, predict the masked ones, MSE loss."""
-        inputs = self.model.check_inputs(inputs, require_all=True)
+        # The model's input normalisation first: the encoder sees, and the loss compares,
+        # normalised values (the identity unless `model.input_norm` was set).
+        inputs = self.model.input_norm(self.model.check_inputs(inputs, require_all=True))
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
@@ -189,17 +193,23 @@ class MAE(nn.Module):
         with predictions pasted into the hidden positions (the MAE paper's figure).
         """
         inputs = self.model.check_inputs(inputs, require_all=True)
+        norm = self.model.input_norm
+        normed = norm(inputs)
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
-        z = self.encode_visible(inputs, mask)
+        z = self.encode_visible(normed, mask)
         grouped = self.model.reconstruct(z, self.model.grouped_positions())
         if self.config.norm_targets:  # undo the per-group normalisation with the true statistics
-            targets = self._targets(inputs)
+            targets = self._targets(normed)
             for m in self.model.plan.modalities:
                 _, mean, std = self._normalise(targets[m.name], mask.real[m.groups])
                 grouped[m.name] = grouped[m.name] * std + mean
         pred = self.model.ungroup_reconstruction(grouped)
+        for name, x in inputs.items():  # back to the raw input scale
+            stats = norm.stats(name, x)
+            if stats is not None:
+                pred[name] = pred[name] * stats[1] + stats[0]
         hidden = ungroup(self.model.plan, mask.dense().unsqueeze(-1))
         out = {}
         for name, x in inputs.items():

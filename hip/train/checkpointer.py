@@ -193,10 +193,10 @@ class Checkpointer:
             opts = StateDictOptions(full_state_dict=True)
             set_model_state_dict(model, payload["model"], options=opts)
             if state["state"] and all(isinstance(k, int) for k in state["state"]):  # from DDP
-                state = optim_state_to_names(state, param_order(model))
+                state = optim_state_to_names(state, param_order(model, optimizer))
             set_optimizer_state_dict(model, optimizer, state, options=opts)
             return
         hdist.unwrap(model).load_state_dict(payload["model"])
         if state["state"] and all(isinstance(k, str) for k in state["state"]):  # from FSDP
-            state = optim_state_to_indices(state, param_order(hdist.unwrap(model)))
+            state = optim_state_to_indices(state, param_order(hdist.unwrap(model), optimizer))
         optimizer.load_state_dict(state)

@@ -33,19 +33,50 @@ def split_params(
     return decay, no_decay
 
 
-def param_order(model: nn.Module) -> list[str]:
-    """Parameter names in the optimizer's order (index i of an optimizer state dict = name i)."""
+def is_position_table(name: str) -> bool:
+    """Whether a parameter name is one of HiP's learned position tables (`...pos.<modality>`)."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-2] == "pos"
+
+
+def param_order(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
+    """Parameter names in the optimizer's order (index i of an optimizer state dict = name i).
+
+    With `optimizer`, its own groups decide the order (whatever groups it was built with).
+    """
+    if optimizer is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     decay, no_decay = split_params(model)
     return [n for n, _ in decay + no_decay]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: no decay on biases, norms, position tables, latents."""
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, position_lr_mult: float = 1.0
+) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: no decay on biases, norms, position tables, latents.
+
+    With `position_lr_mult` != 1 the position tables get a group of their own whose peak lr
+    is `lr x position_lr_mult` (ours: the tables start ~30x smaller than a pixel embedding,
+    and at the common lr they hardly move in a short run; docs/BENCHMARKS.md, issue 14).
+    """
     decay, no_decay = split_params(model)
-    return [
+    groups = [
         {"params": [p for _, p in decay], "weight_decay": weight_decay},
-        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+        {
+            "params": [
+                p for n, p in no_decay if not (position_lr_mult != 1.0 and is_position_table(n))
+            ],
+            "weight_decay": 0.0,
+        },
     ]
+    if position_lr_mult != 1.0:
+        if lr is None:
+            raise ValueError("position_lr_mult needs the peak lr")
+        tables = [p for n, p in no_decay if is_position_table(n)]
+        if tables:
+            groups.append({"params": tables, "weight_decay": 0.0, "lr": lr * position_lr_mult})
+    return groups
 
 
 def optim_state_to_names(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -78,7 +109,12 @@ def build_optimizer(
     skip a non-finite step on the device (`hip.train.step`).
     """
     return torch.optim.AdamW(
-        param_groups(model, float(optim_cfg.weight_decay)),
+        param_groups(
+            model,
+            float(optim_cfg.weight_decay),
+            lr,
+            float(getattr(optim_cfg, "position_lr_mult", 1.0)),
+        ),
         lr=lr,
         betas=(float(optim_cfg.betas[0]), float(optim_cfg.betas[1])),
         eps=float(optim_cfg.eps),

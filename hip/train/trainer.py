@@ -70,6 +70,8 @@ def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dic
         },
         "benchmark": cfg.task.benchmark,
         "data_fingerprint": source.fingerprint,
+        "input_norm": str(cfg.model.input_norm),
+        "position_init": str(cfg.model.position_init),
     }
 
 
@@ -88,11 +90,38 @@ def num_classes_for(cfg: DictConfig, source: Dataset) -> int | None:
     return int(n)
 
 
+def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
+    """Set a fresh model's input normalisation and position init from `model.*` (ours).
+
+    `dataset` statistics come from the first 4,096 training samples in their unshuffled
+    order, so every rank and every resume measures the same numbers. A pretrained
+    checkpoint loaded afterwards brings its own normalisation and tables (they win).
+    """
+    from hip.model.normalize import fit_input_norm
+
+    mode = str(cfg.model.input_norm)
+    if mode != "none":
+        batches = (
+            b["inputs"]
+            for b in source.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit)
+        )
+        fit_input_norm(model, mode, batches)
+    if str(cfg.model.position_init) == "coords":
+        from hip.model import HiP
+        from hip.model.positions import coordinate_table
+
+        hip = next(m for m in model.modules() if isinstance(m, HiP))
+        with torch.no_grad():
+            for table in hip.pos.values():
+                table.copy_(coordinate_table(table.shape[0], table.shape[1]))
+
+
 def build_model(cfg: DictConfig, source: Dataset) -> tuple[nn.Module, dict[str, Any]]:
     """The module to train and its checkpoint metadata; finetuning loads `task.pretrained`."""
     task = get_task(cfg.task.type)
     meta = model_meta(cfg, source, num_classes_for(cfg, source))
     model = task.build_model(meta)
+    prepare_inputs(model, cfg, source)
     if task.stage == "finetune" and cfg.task.pretrained:
         from hip.model import load_pretrained
 
