@@ -14,7 +14,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
@@ -82,42 +81,6 @@ def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.Complete
         f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     )
     return out
-
-
-@pytest.mark.slow
-def test_deploy_run_pretrain_with_a_worker(deployed, tmp_path):
-    servers = deployed
-    env = servers["env"]
-    pipeline = tiny_pipeline(tmp_path, tracking_uri=servers["mlflow"])
-    names = {d["name"] for d in _api(f"{servers['api']}/deployments/filter", {})}
-    assert {"shard", "pretrain", "finetune", "evaluate", "pipeline", "retrain"} <= names
-    retrain = next(
-        d for d in _api(f"{servers['api']}/deployments/filter", {}) if d["name"] == "retrain"
-    )
-    assert retrain["schedules"] and retrain["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
-
-    _prefect(env, "deployment", "run", "hip/pretrain", "--param", f"pipeline={pipeline}")
-    t0 = time.monotonic()
-    _prefect(
-        env, "worker", "start", "--pool", "gpu", "--type", "process", "--run-once", timeout=600
-    )
-    runs = _api(f"{servers['api']}/flow_runs/filter", {})
-    run = next(
-        r for r in runs if r.get("deployment_id") and r["parameters"].get("stage") == "pretrain"
-    )
-    assert run["state"]["type"] == "COMPLETED", run["state"]
-    assert time.monotonic() - t0 < 600
-
-    work = Path(yaml.safe_load(pipeline.read_text())["work_dir"])
-    assert list((work / "runs" / "pretrain" / "checkpoints").glob("step-*.pt"))
-    client = mlflow.MlflowClient(servers["mlflow"])
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string="tags.`hip.stage` = 'pretrain'",
-    )
-    assert len(runs) == 1
-    assert runs[0].data.metrics["loss"] > 0
-    assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoint")]
 
 
 def _flow_runs(api: str, stage: str) -> list[dict]:

@@ -171,6 +171,12 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     prefix = f"two-hosts-{uuid.uuid4().hex[:8]}"
     work_dir = f"s3://{services['HIP_S3_BUCKET']}/{prefix}"
     repo_before = _repo_state()
+    deployments = _api(f"{api}/deployments/filter", {})
+    assert {"shard", "pretrain", "finetune", "evaluate", "pipeline", "retrain"} <= {
+        d["name"] for d in deployments
+    }
+    retrain = next(d for d in deployments if d["name"] == "retrain")
+    assert retrain["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"  # weekly, from prefect.yaml
 
     overrides = [f"work_dir={work_dir}", *TINY]
     out = _prefect(
