@@ -362,6 +362,28 @@ def _evaluate_champion(
     return evaluate_checkpoint(champion["checkpoint"], overrides, f"{b.name}-champion")
 
 
+def _decide(
+    uri: str,
+    benchmark: str,
+    fingerprint: str,
+    trained: dict[str, Any],
+    evaluation: dict[str, Any],
+    incumbent: dict[str, Any] | None,
+    who: str,
+) -> dict[str, Any]:
+    """Promote or keep (tasks.registry), and publish the decision as a Prefect artifact."""
+    decision = promote_if_better(
+        uri, benchmark, fingerprint, trained, evaluation, incumbent, evaluation["headline"]
+    )
+    create_markdown_artifact(
+        f"# hip-{benchmark}: {'promoted' if decision['promoted'] else 'kept'}\n\n"
+        f"{decision['reason']}\n",
+        key=artifact_key(f"{benchmark}-promotion"),
+        description=f"{who} decision for hip-{benchmark}",
+    )
+    return decision
+
+
 def _promote(
     p: PipelineConfig,
     parent: str,
@@ -384,16 +406,7 @@ def _promote(
             out[b.name] = {"promoted": False, "reason": "already the champion"}
             continue
         fingerprint = shards.get(f"{b.dataset}/train", {}).get("fingerprint", "")
-        decision = promote_if_better(
-            uri, b.name, fingerprint, trained, evaluation, incumbent, evaluation["headline"]
-        )
-        create_markdown_artifact(
-            f"# hip-{b.name}: {'promoted' if decision['promoted'] else 'kept'}\n\n"
-            f"{decision['reason']}\n",
-            key=artifact_key(f"{b.name}-promotion"),
-            description=f"pipeline decision for hip-{b.name}",
-        )
-        out[b.name] = decision
+        out[b.name] = _decide(uri, b.name, fingerprint, trained, evaluation, incumbent, "pipeline")
     return out
 
 
@@ -447,16 +460,9 @@ def retrain_flow(p: PipelineConfig) -> dict[str, Any]:
             ]
             evaluation = evaluate_checkpoint(trained["checkpoint"], full, f"{b.name}-challenger")
             incumbent = _evaluate_champion(p, b, champion, out, parent)
-            decision = promote_if_better(
-                uri, b.name, fingerprint, trained, evaluation, incumbent, evaluation["headline"]
+            outcome[b.name] = _decide(
+                uri, b.name, fingerprint, trained, evaluation, incumbent, "retrain"
             )
-            create_markdown_artifact(
-                f"# hip-{b.name}: {'promoted' if decision['promoted'] else 'kept'}\n\n"
-                f"{decision['reason']}\n",
-                key=artifact_key(f"{b.name}-promotion"),
-                description=f"retrain decision for hip-{b.name}",
-            )
-            outcome[b.name] = decision
         return outcome
 
 

@@ -15,13 +15,13 @@ import shlex
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.needs import need
+from tests.test_deployments import _api, _prefect
 from tests.test_infra import _free_ports, _run, _stack_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,16 +36,6 @@ TINY = [
     "benchmarks.0.overrides=[optim.total_steps=2,data.batch_size=8,run.eval_batches=1]",
     f"experiment={EXPERIMENT}",
 ]
-
-
-def _api(url: str, body: dict | None = None) -> object:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=20) as resp:
-        return json.loads(resp.read())
 
 
 def _stack_client_env(stack_env: dict[str, str]) -> dict[str, str]:
@@ -75,21 +65,6 @@ def _host_env(folder: Path, services: dict[str, str]) -> dict[str, str]:
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # test speed only
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-
-
-def _prefect(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [str(BIN / "prefect"), *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert out.returncode == 0, (
-        f"prefect {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    )
-    return out
 
 
 def _files(folder: Path) -> set[str]:
