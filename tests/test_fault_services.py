@@ -197,3 +197,53 @@ def test_s3_down_during_sharding_fails_cleanly_then_resumes(s3env):
     assert manifest.splits["train"].num_samples == 1437
     assert verify(uri) == []
     _manifest_names_only_existing(uri, s3env, bucket)
+
+
+def test_mlflow_down_while_the_model_is_registered_registers_it_when_back(tmp_path, monkeypatch):
+    """SIGKILL the server as the finetuned model is logged; restart it 2 s later. The model
+    upload and registration wait in the run's buffer and land when the run ends."""
+    from hip import export
+    from hip.config import load_config
+
+    root = tmp_path / "server"
+    root.mkdir()
+    port = free_port()
+    server = {"proc": start_mlflow_server(root, port)}
+    uri = f"http://127.0.0.1:{port}"
+    real_log_model, calls = export.log_model, []
+
+    def restart() -> None:
+        time.sleep(2)
+        server["proc"] = start_mlflow_server(root, port)
+
+    def log_model_during_an_outage(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            stop_process_group(server["proc"], signal.SIGKILL)
+            threading.Thread(target=restart, daemon=True).start()
+        return real_log_model(*args, **kwargs)
+
+    monkeypatch.setattr(export, "log_model", log_model_during_an_outage)
+    cfg = load_config(
+        "finetune",
+        "mnist",
+        [f"run.out={tmp_path / 'ft'}", "data.source=digits", "optim.total_steps=2",
+         "data.batch_size=8", "run.eval_batches=1", "run.progress=false",
+         f"tracking.uri={uri}", "tracking.system_metrics=false"],
+    )  # fmt: skip
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = trainer.train(cfg)
+        texts = [
+            str(w.message) for w in caught if w.category is tracking.TrackingUnavailableWarning
+        ]
+        assert any("unreachable" in t for t in texts) and any("is back" in t for t in texts)
+        assert len(calls) >= 2  # failed while down, sent again when the server was back
+        client = mlflow.MlflowClient(uri)
+        versions = client.search_model_versions("name='hip-mnist'")
+        assert [v.run_id for v in versions] == [res.run_id]
+        assert versions[0].tags["hip.checkpoint"] == res.checkpoint
+        assert client.get_run(res.run_id).info.status == "FINISHED"
+    finally:
+        stop_process_group(server["proc"])
