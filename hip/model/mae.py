@@ -68,7 +68,8 @@ class MAE(nn.Module):
         counts = kept_per_group(model.plan, self.config.mask_ratio)
         kept = torch.tensor(counts) if len(set(counts)) > 1 else None
         self.register_buffer("kept", kept, persistent=False)
-        real = model.plan.real_tokens().sum(dim=1).tolist()
+        with torch.device("cpu"):  # plain counts, also when building on the meta device
+            real = model.plan.real_tokens().sum(dim=1).tolist()
         for m in model.plan.modalities:
             if sum(real[m.groups]) == sum(counts[m.groups]):
                 raise InputShapeError(

@@ -37,6 +37,10 @@ class InputNorm(nn.Module):
     def __init__(self, modalities: Mapping[str, tuple[int, int]]):
         super().__init__()
         self.names = list(modalities)
+        # The modes as Python values too: reading the buffer in forward would be a host sync
+        # every step (and fails on meta tensors). Kept equal to the buffers by set_mode and
+        # state-dict loading, the only two ways the buffers change.
+        self._modes = dict.fromkeys(self.names, "none")
         for k, (_, c) in modalities.items():
             self.register_buffer(f"{k}_mode", torch.zeros((), dtype=torch.long))
             self.register_buffer(f"{k}_mean", torch.zeros(c))
@@ -44,7 +48,7 @@ class InputNorm(nn.Module):
 
     def mode(self, name: str) -> str:
         """The mode of modality `name`: none, dataset or sample."""
-        return NORM_MODES[int(getattr(self, f"{name}_mode"))]
+        return self._modes[name]
 
     def modes(self) -> dict[str, str]:
         """`{name: mode}` for every modality."""
@@ -63,6 +67,7 @@ class InputNorm(nn.Module):
         if mode not in NORM_MODES:
             raise ValueError(f"input norm mode {mode!r}: choose one of {', '.join(NORM_MODES)}")
         getattr(self, f"{name}_mode").fill_(NORM_MODES.index(mode))
+        self._modes[name] = mode
         if mode == "dataset":
             if mean is None or std is None:
                 raise ValueError("input norm mode 'dataset' needs a mean and a std")
@@ -110,6 +115,10 @@ class InputNorm(nn.Module):
         if mine and len(mine) == len(list(self.buffers())):
             for k in mine:
                 missing_keys.remove(k)
+        for name in self.names:  # once per load, not per step
+            key = f"{prefix}{name}_mode"
+            if key in state_dict and state_dict[key].device.type != "meta":
+                self._modes[name] = NORM_MODES[int(state_dict[key])]
 
 
 def input_norm_of(module: nn.Module) -> InputNorm | None:
