@@ -10,6 +10,7 @@ the optimizer and schedule (`optim.py`), the Checkpointer (`checkpointer.py`), t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -101,9 +102,11 @@ def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
 
     mode = str(cfg.model.input_norm)
     if mode != "none":
+        # Corrupt samples are skipped here as training skips them (training counts them).
+        readable = dataclasses.replace(source, skip_corrupt=True)
         batches = (
             b["inputs"]
-            for b in source.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit)
+            for b in readable.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit)
         )
         fit_input_norm(model, mode, batches)
     if str(cfg.model.position_init) == "coords":
