@@ -32,6 +32,7 @@ PARENT_ENV = "HIP_MLFLOW_PARENT_RUN_ID"
 MAX_BUFFERED_METRICS = int(os.environ.get("HIP_MLFLOW_MAX_BUFFER", "100000"))
 RETRY_S = float(os.environ.get("HIP_MLFLOW_RETRY_S", "2"))
 FLUSH_TIMEOUT_S = float(os.environ.get("HIP_MLFLOW_FLUSH_TIMEOUT_S", "60"))
+UPLOAD_TIMEOUT_S = float(os.environ.get("HIP_MLFLOW_UPLOAD_TIMEOUT_S", "300"))
 
 
 class TrackingUnavailableWarning(RuntimeWarning):
@@ -109,13 +110,13 @@ def check_reachable(uri: str, timeout: float = 3.0) -> None:
 
 
 @contextlib.contextmanager
-def _quick_http() -> Iterator[None]:
+def _quick_http(timeout: float = 5) -> Iterator[None]:
     saved = {
         k: os.environ.get(k)
         for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
     }
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout))
     try:
         yield
     finally:
@@ -423,6 +424,9 @@ class StageRun(NullRun):
                 self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
                 for _ in chunk:
                     self._metrics.popleft()
+        # Uploads (artifacts, the model) get a long timeout: a busy server or a slow link is
+        # not an outage. Still no HTTP retries: this loop retries, so training never blocks.
+        with _quick_http(timeout=UPLOAD_TIMEOUT_S):
             while self._deferred:
                 _, call = self._deferred[0]
                 call()

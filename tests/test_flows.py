@@ -347,9 +347,10 @@ def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp
     parent_record = json.loads((work / "parent-runs" / "pipeline-tiny.json").read_text())
     uri = f"sqlite:///{work / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    # The training child got SIGTERM from the kernel when its launcher died (PDEATHSIG) and
-    # closed its own MLflow run KILLED on the way out.
-    assert client.get_run(record["run_id"]).info.status == "KILLED"
+    # The training child gets SIGTERM from the kernel when its launcher dies (PDEATHSIG) and
+    # closes its own MLflow run KILLED on the way out; under load the signal can land before
+    # its handler or tracker exist, and the run stays RUNNING until the re-run closes it.
+    assert client.get_run(record["run_id"]).info.status in ("KILLED", "RUNNING")
 
     # The re-run reopens the same runs (and closes any whose process died without a word).
     _main_job_ok(path)

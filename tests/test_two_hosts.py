@@ -72,12 +72,14 @@ def _files(folder: Path) -> set[str]:
 
 
 def _repo_state() -> str:
-    return subprocess.run(
+    """The checkout's files as git sees them, less Python's bytecode caches (code, not data)."""
+    out = subprocess.run(
         ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
         cwd=REPO,
         capture_output=True,
         text=True,
     ).stdout
+    return "".join(line for line in out.splitlines(True) if "__pycache__" not in line)
 
 
 @pytest.fixture(scope="module")

@@ -322,12 +322,12 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """Save now (every rank takes part); checkpoint time is not counted as step time."""
+        if self.info.is_main:  # the log first: a checkpoint never exists without its steps
+            self.run.push("metrics.jsonl")
         path = self.checkpointer.save(
             self.state, self.wrapped, self.optimizer, self.scheduler, self.generator
         )
         self.last_checkpoint = path or self.last_checkpoint
-        if self.info.is_main:  # the log up to this checkpoint goes where the checkpoint went
-            self.run.push("metrics.jsonl")
         self.timer.finish(0)
 
     # -- the pieces of the loop ----------------------------------------------------------------
