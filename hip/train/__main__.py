@@ -12,6 +12,9 @@ from hip.train import cli
 
 
 def _terminated(signum: int, frame: object) -> None:
+    from hip.train.trainer import TERMINATE
+
+    TERMINATE.set()  # the loop stops at the next step even if this exception is swallowed
     raise SystemExit(128 + signum)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +154,10 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
+# Set by `python -m hip.train`'s SIGTERM handler; the loop checks it before every step.
+TERMINATE = threading.Event()
+
+
 class Trainer:
     """Runs the optimizer steps of one run; every piece it uses is handed to it."""
 
@@ -233,6 +239,8 @@ class Trainer:
             while self.state.step < total and not (
                 stop_at is not None and self.state.step >= stop_at
             ):
+                if TERMINATE.is_set():  # SIGTERM, even if a library swallowed its SystemExit
+                    raise SystemExit(128 + signal.SIGTERM)
                 record = self.step()
                 if record is None:  # a skipped non-finite step
                     continue
