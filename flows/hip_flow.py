@@ -25,7 +25,7 @@ from hip.errors import UserError
 from hip.rundir import normalize
 from tasks.data import shard_cluster, shard_split
 from tasks.evaluation import evaluate_checkpoint
-from tasks.naming import artifact_key, run_name
+from tasks.naming import run_name
 from tasks.registry import champion_of, promote_if_better
 from tasks.training import run_training
 
@@ -362,28 +362,6 @@ def _evaluate_champion(
     return evaluate_checkpoint(champion["checkpoint"], overrides, f"{b.name}-champion")
 
 
-def _decide(
-    uri: str,
-    benchmark: str,
-    fingerprint: str,
-    trained: dict[str, Any],
-    evaluation: dict[str, Any],
-    incumbent: dict[str, Any] | None,
-    who: str,
-) -> dict[str, Any]:
-    """Promote or keep (tasks.registry), and publish the decision as a Prefect artifact."""
-    decision = promote_if_better(
-        uri, benchmark, fingerprint, trained, evaluation, incumbent, evaluation["headline"]
-    )
-    create_markdown_artifact(
-        f"# hip-{benchmark}: {'promoted' if decision['promoted'] else 'kept'}\n\n"
-        f"{decision['reason']}\n",
-        key=artifact_key(f"{benchmark}-promotion"),
-        description=f"{who} decision for hip-{benchmark}",
-    )
-    return decision
-
-
 def _promote(
     p: PipelineConfig,
     parent: str,
@@ -406,7 +384,9 @@ def _promote(
             out[b.name] = {"promoted": False, "reason": "already the champion"}
             continue
         fingerprint = shards.get(f"{b.dataset}/train", {}).get("fingerprint", "")
-        out[b.name] = _decide(uri, b.name, fingerprint, trained, evaluation, incumbent, "pipeline")
+        out[b.name] = promote_if_better(
+            uri, b.name, fingerprint, trained, evaluation, incumbent, evaluation["headline"]
+        )
     return out
 
 
@@ -460,8 +440,8 @@ def retrain_flow(p: PipelineConfig) -> dict[str, Any]:
             ]
             evaluation = evaluate_checkpoint(trained["checkpoint"], full, f"{b.name}-challenger")
             incumbent = _evaluate_champion(p, b, champion, out, parent)
-            outcome[b.name] = _decide(
-                uri, b.name, fingerprint, trained, evaluation, incumbent, "retrain"
+            outcome[b.name] = promote_if_better(
+                uri, b.name, fingerprint, trained, evaluation, incumbent, evaluation["headline"]
             )
         return outcome
 

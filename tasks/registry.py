@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from hip.task import get_task
 from hip.tracking import registered_model_name
+from tasks.naming import artifact_key
 
 CHAMPION = "champion"
 
@@ -79,7 +81,8 @@ def promote_if_better(
     `evaluation` scores the challenger and `incumbent` the current champion, both on the same
     full held-out split of the new data. Without an incumbent evaluation (a champion with no
     checkpoint to re-score) the champion's recorded value is used, and the decision says so.
-    The decision, with both numbers, is the version's `hip.decision` tag.
+    The decision, with both numbers, is the version's `hip.decision` tag and a Prefect
+    markdown artifact (`<benchmark>-promotion`).
     """
     log = get_run_logger()
     client = _client(uri)
@@ -118,6 +121,11 @@ def promote_if_better(
     run_id = training.get("mlflow_run_id") or mv.run_id
     if run_id:
         client.set_tag(run_id, "hip.decision", reason)
+    create_markdown_artifact(
+        f"# {name}: {'promoted' if promoted else 'kept'}\n\n{reason}\n",
+        key=artifact_key(f"{benchmark}-promotion"),
+        description=f"promotion decision for {name}",
+    )
     return {
         "promoted": promoted,
         "version": mv.version,
