@@ -38,6 +38,19 @@ TINY = [
 ]
 
 
+_LOAD_CHAMPION = """
+import mlflow, torch
+from hip.data.dataset import builtin_dataset
+from hip.export import example_inputs
+
+model = mlflow.pytorch.load_model("models:/hip-mnist@champion")
+sample = example_inputs(builtin_dataset("mnist5k"), "test")
+with torch.no_grad():
+    logits = model({k: torch.from_numpy(v) for k, v in sample.items()})
+print(*logits.shape, "finite" if torch.isfinite(logits).all() else "nan")
+"""
+
+
 def _stack_client_env(stack_env: dict[str, str]) -> dict[str, str]:
     """What `eval "$(infra/stack.sh env)"` sets, parsed from the command's output."""
     out = _run(stack_env, "env")
@@ -220,17 +233,19 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     champion = client.get_model_version_by_alias("hip-mnist", "champion")
     assert champion.tags["hip.checkpoint"].startswith(work_dir + "/runs/mnist-pretrained/")
     assert "first champion" in champion.tags["hip.decision"]
-    with _env(services):
-        model = mlflow.pytorch.load_model("models:/hip-mnist@champion")
-    from hip.data.dataset import builtin_dataset
-    from hip.export import example_inputs
-
-    sample = example_inputs(builtin_dataset("mnist5k"), "test")
-    import torch
-
-    with torch.no_grad():
-        logits = model({k: torch.from_numpy(v) for k, v in sample.items()})
-    assert logits.shape == (1, 10) and torch.isfinite(logits).all()
+    # A user's fresh process, with only the services' environment, loads and runs it (in this
+    # process an earlier test's in-process MLflow URI could shadow the environment's).
+    user = _host_env(two_hosts["root"] / "user", services)
+    loaded = subprocess.run(
+        [sys.executable, "-c", _LOAD_CHAMPION],
+        env=user,
+        cwd=two_hosts["root"] / "user",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == ["1", "10", "finite"], loaded.stdout
 
     # Everything the stages handed over is on S3 ...
     s3 = boto3.client(
@@ -256,22 +271,3 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     gpu_files, cpu_files = _files(hosts["gpu"]), _files(hosts["cpu"])
     assert not any(f.endswith(".pt") for f in cpu_files)
     assert not any(f.endswith(".tar") for f in gpu_files | cpu_files)
-
-
-class _env:
-    """Temporarily set environment variables (the MLflow client reads its server from them)."""
-
-    def __init__(self, values: dict[str, str]):
-        self.values, self.saved = values, {}
-
-    def __enter__(self) -> None:
-        for k, v in self.values.items():
-            self.saved[k] = os.environ.get(k)
-            os.environ[k] = v
-
-    def __exit__(self, *exc: object) -> None:
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
