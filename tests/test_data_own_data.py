@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hip import data as hd
 from hip.cli import main
 from hip.data import loader, read_manifest, shard
 from hip.errors import UserError
@@ -156,6 +157,8 @@ def test_mixed_sizes_without_resize_keep_every_image(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "7 of 10 are 24x32" in printed and "no --resize" in printed
+    assert main([*argv, "-q"]) == 0  # up to date; the summary still says what was chosen
+    assert "7 of 10 are 24x32" in capsys.readouterr().out
     m = read_manifest(out)
     info = m.splits["train"]
     assert info.num_samples == 10 and info.skipped == []
@@ -164,6 +167,19 @@ def test_mixed_sizes_without_resize_keep_every_image(tmp_path, capsys):
     # the same as asking for it: resize to cover, then centre crop
     asked = shard("imagefolder", root, tmp_path / "asked", resize="24x32")
     assert [s.sha256 for s in asked.splits["train"].shards] == [s.sha256 for s in info.shards]
+    # partitions (other processes, Dask workers) get the choice with the plan; a re-run is a no-op
+    plan = hd.plan_shards("imagefolder", root, tmp_path / "parts", max_count=4)
+    records = [
+        r for part in hd.partitions(plan.num_shards, 3) for r in hd.write_partition(plan, part)
+    ]
+    parts = hd.merge_shards(plan, records)
+    assert [s.sha256 for s in parts.splits["train"].shards] == [
+        s.sha256
+        for s in shard("imagefolder", root, tmp_path / "one", max_count=4).splits["train"].shards
+    ]
+    logs: list[str] = []
+    shard("imagefolder", root, out, log=logs.append)
+    assert any("up to date" in line for line in logs)
     # a second split of other sizes takes the first split's size
     test = make_sized(tmp_path / "test", [(10, 10), (10, 10), (12, 12)])
     m = shard("imagefolder", test, out, "test")

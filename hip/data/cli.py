@@ -178,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
         f"{split}: {info.num_samples} samples, {len(info.shards)} shard(s), "
         f"{len(info.skipped)} skipped -> {args.output}"
     )
+    if args.quiet:  # otherwise the log said it already
+        for note in info.options.get("defaults", []):
+            print(f"  {note}")
     for s in info.skipped[:20]:
         print(f"  skipped {s['input']}: {s['reason']}")
     return 0
