@@ -280,3 +280,21 @@ def test_resized_jpegs_are_encoded_and_pngs_stay_png(tmp_path):
     assert [s.sha256 for s in auto.splits["train"].shards] == [
         s.sha256 for s in png.splits["train"].shards
     ]
+
+
+def test_the_source_type_is_told_from_the_folder(tmp_path, capsys):
+    camvid = make_camvid(tmp_path / "camvid", {"train": 2})
+    classes = make_sized(tmp_path / "cls", [(8, 8)] * 2)
+    (tmp_path / "list.csv").write_text("path,label\ncls/c0/0.png,a\n")
+    for path, kind in (
+        (camvid, "segfolder"),
+        (classes, "imagefolder"),
+        (tmp_path / "list.csv", "csv"),
+    ):
+        out = tmp_path / f"o_{kind}"
+        assert main(["shard", "--input", str(path), "--output", str(out)]) == 0
+        assert capsys.readouterr().out.startswith(f"source: {kind} (")
+        assert read_manifest(out).splits["train"].source["type"] == kind
+    (tmp_path / "empty").mkdir()
+    assert main(["shard", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 2
+    assert "pass --source" in capsys.readouterr().err
