@@ -298,3 +298,15 @@ def test_the_source_type_is_told_from_the_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["shard", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 2
     assert "pass --source" in capsys.readouterr().err
+
+
+def test_index_labels_are_not_taken_for_binary_when_the_first_holds_only_0_and_255(tmp_path):
+    root = make_camvid(tmp_path / "c", {"train": 3}, void=255)
+    first = sorted((root / "trainannot").iterdir())[0]
+    label = np.zeros((12, 16), np.uint8)
+    label[:, :4] = 255  # background and void only
+    Image.fromarray(label).save(first)
+    m = shard("segfolder", root, tmp_path / "o", "train")
+    assert m.splits["train"].source["mask_mode"] == "index"
+    assert m.label_names == ["class_0", "class_1", "class_2", "class_3"]
+    assert 255 in all_batches(tmp_path / "o", "train")["mask"].unique().tolist()  # void kept

@@ -423,6 +423,7 @@ def voc(input: str, split: str, opts: SourceOptions) -> Source:
     return Source("voc", "segmentation", list(VOC_CLASSES), _unique_keys(items), desc)
 
 
+MASK_MODE_SAMPLES = 16  # segfolder --mask-mode auto: masks read to tell binary from index
 # Label folders beside an image folder `X`: `Xannot` (CamVid's train/trainannot), `X_labels`...
 LABEL_DIR_SUFFIXES = ("annot", "_annot", "_labels", "_label", "_masks", "_mask")
 
@@ -486,9 +487,11 @@ def segfolder(input: str | None, split: str, opts: SourceOptions) -> Source:
     mode = opts.mask_mode
     if mode not in {"auto", "binary", "index"}:
         raise UserError(f"segfolder: --mask-mode must be auto, binary or index, not {mode!r}")
-    if mode == "auto" and masks:
-        first = next(iter(sorted(masks.values())))
-        values = set(np.unique(np.asarray(Image.open(first))).tolist())
+    if mode == "auto" and masks:  # binary only if the first masks all hold just 0 and 255
+        values: set[int] = set()
+        for path in sorted(masks.values())[:MASK_MODE_SAMPLES]:
+            with Image.open(path) as m:
+                values |= set(np.unique(np.asarray(m)).tolist())
         mode = "binary" if values <= {0, 255} else "index"
     items, skipped = [], []
     for f in images[: opts.limit]:
