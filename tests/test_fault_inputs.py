@@ -216,7 +216,7 @@ def test_odd_image_modes_are_converted_not_corrupted(world):
          for v in b["inputs"]["image"][:, 0, 0]}
     )  # fmt: skip
     assert values == pytest.approx([0.0, (20000 >> 8) / 255, (40000 >> 8) / 255])
-    # mixed sizes: the odd ones are skipped and reported, never a crash
+    # mixed sizes, no --resize: none is dropped, all take the most common size (ties: the larger)
     m = shard("imagefolder", t / "mixed", t / "modes_mixed", "train")
-    assert m.splits["train"].num_samples == 2
-    assert all("differs from the first" in s["reason"] for s in m.splits["train"].skipped)
+    assert m.splits["train"].num_samples == 6 and not m.splits["train"].skipped
+    assert m.splits["train"].options["resize"] == [6, 8]

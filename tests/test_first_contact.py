@@ -60,15 +60,15 @@ class Drawn:
 
 
 def _first_contact(
-    tmp: Path, shards: Path, task: str, overrides: list[str] = QUIET
+    tmp: Path, shards: Path, task: str, finetune: list[str] = QUIET
 ) -> tuple[dict, Path, Path]:
     """pretrain -> finetune (from the MAE checkpoint) -> evaluate both; the checkpoints'
     model_meta and the two report folders."""
-    _hip("pretrain", "--data", shards, f"run.out={tmp / 'pre'}", *overrides)
+    _hip("pretrain", "--data", shards, f"run.out={tmp / 'pre'}", *QUIET)
     pre = ckpt.latest_of_run(tmp / "pre")
     _hip("evaluate", "--checkpoint", pre, "tracking.enabled=false")
     args = ["--data", shards, "--task", task, "--pretrained", pre]
-    _hip("finetune", *args, f"run.out={tmp / 'ft'}", *overrides)
+    _hip("finetune", *args, f"run.out={tmp / 'ft'}", *finetune)
     fine = ckpt.latest_of_run(tmp / "ft")
     _hip("evaluate", "--checkpoint", fine, "tracking.enabled=false")
     meta = ckpt.load(fine)["model_meta"]
@@ -92,7 +92,7 @@ def _rgb(h: int, w: int, colour: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(a)
 
 
-def test_an_image_folder_of_mixed_sizes_goes_from_folder_to_report(tmp_path, monkeypatch):
+def test_an_image_folder_of_mixed_sizes_goes_from_folder_to_report(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test", 4)):
         for colour, name in ((0, "red"), (2, "blue")):
@@ -104,7 +104,15 @@ def test_an_image_folder_of_mixed_sizes_goes_from_folder_to_report(tmp_path, mon
     root = tmp_path / "photos"
     shards = _shard("imagefolder", {"train": root, "test": root}, tmp_path / "shards")
     drawn = Drawn(monkeypatch)
-    meta, pre_report, ft_report = _first_contact(tmp_path, shards, "classification")
+    tracked = [*SHORT, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    meta, pre_report, ft_report = _first_contact(tmp_path, shards, "classification", tracked)
+    out = capsys.readouterr().out
+    pre = ckpt.latest_of_run(tmp_path / "pre")
+    assert f"loaded pretrained weights from {pre} (step 2): " in out
+    matched = int(out.split(" (step 2): ")[1].split(" tensors matched")[0])
+    assert matched > 0 and "new (initialised fresh)" in out
+    # training evaluated the whole (small) test split under the default cap, and says so
+    assert "evaluated 8 of 8 samples of 'test'" in out
     image = meta["layout"]["image"]
     assert (image["height"], image["width"], image["channels"]) == (12, 20, 3)
     assert meta["num_classes"] == 2 and meta["label_names"] == ["blue", "red"]
@@ -113,6 +121,14 @@ def test_an_image_folder_of_mixed_sizes_goes_from_folder_to_report(tmp_path, mon
     table = _per_class(ft_report, "acc", ["blue", "red"])
     assert {"top1", "acc/blue", "acc/red"} <= set(table.columns)
     assert table.loc[0, "num_samples"] == 8  # `hip evaluate`: the whole test split
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("hip-finetune").experiment_id])[0]
+    assert {"acc/blue", "acc/red", "eval_top1"} <= set(run.data.metrics)
+    params = run.data.params
+    assert params["pretrained.checkpoint"] == pre and params["pretrained.step"] == "2"
+    assert params["pretrained.matched"] == str(matched)
 
 
 def _wav(path: Path, wave_: np.ndarray, rate: int) -> None:

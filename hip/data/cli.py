@@ -13,6 +13,9 @@ EPILOG = """examples:
   hip shard --source imagefolder --input data/mnist/train --output shards/mnist --split train
   hip shard --source audiofolder --preset fsdd --input data/fsdd --split test --output s3://bucket/fsdd
   hip shard --source mnist5k --split train --output shards/mnist5k --max-count 1000 --seed 0
+  hip shard --source segfolder --input data/camvid --split train --output shards/camvid \
+      --ignore-label 11 --label-names sky,building,pole,road,pavement,tree,sign,fence,car,person,bike
+  hip shard --source segfolder --images data/x/img --labels data/x/lab --output shards/x
   hip shard verify shards/mnist
 """
 
@@ -74,7 +77,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resize", help="images: N or HxW (resize to cover, then center crop)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="images: 1 grey or 3 RGB")
     p.add_argument(
-        "--image-format", choices=["png", "jpeg"], default=None, help="stored image encoding"
+        "--image-format",
+        choices=["auto", "png", "jpeg"],
+        default=None,
+        help="stored image encoding (default auto: JPEG inputs stay JPEG, unchanged ones byte "
+        "for byte; the rest PNG)",
     )
     p.add_argument("--sample-rate", type=int, help="audio: resample to this rate")
     p.add_argument("--clip-seconds", type=float, help="audio: pad with silence / crop to S seconds")
@@ -103,6 +110,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--mask-mode", choices=["auto", "binary", "index"], default=None, help="segfolder masks"
     )
+    p.add_argument(
+        "--images", help="segfolder: folder of images (with --labels; instead of --input)"
+    )
+    p.add_argument("--labels", help="segfolder: folder of index-PNG labels named as the images")
+    p.add_argument(
+        "--ignore-label",
+        type=int,
+        help="segmentation: label value that counts in no class (stored as 255), e.g. 11",
+    )
+    p.add_argument(
+        "--label-names",
+        help="segmentation: class names by label value, a,b,c or a file with one per line "
+        "(default class_0, class_1, ...)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run)
 
@@ -110,7 +131,8 @@ def register(subparsers: Any) -> None:
 _OPTION_KEYS = [
     "limit", "resize", "channels", "image_format", "sample_rate", "clip_seconds", "audio_length",
     "audio_crop", "fps", "video_size", "pattern", "split_pattern", "preset", "segments_csv",
-    "class_index_csv", "mask_mode", "audio_samples_per_token",
+    "class_index_csv", "mask_mode", "audio_samples_per_token", "images", "labels",
+    "ignore_label", "label_names",
 ]  # fmt: skip
 
 
@@ -138,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.source is None and (args.images or args.labels):
+        args.source = "segfolder"
     if not args.source or not args.output:
         print("hip shard: error: --source and --output are required", file=sys.stderr)
         return 2
