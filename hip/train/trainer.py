@@ -95,7 +95,9 @@ def num_classes_for(cfg: DictConfig, source: Dataset) -> int | None:
     if source.num_classes and cfg.task.num_classes and source.num_classes != cfg.task.num_classes:
         raise UserError(
             f"task.num_classes={cfg.task.num_classes} but the data has {source.num_classes} labels "
-            f"({', '.join(source.label_names[:5])}...)"
+            f"({', '.join(source.label_names[:5])}...); for your own data leave out --benchmark "
+            "(`hip finetune --data MANIFEST --task TYPE` takes the classes from the manifest) "
+            "or set task.num_classes=null"
         )
     return int(n)
 
