@@ -214,3 +214,21 @@ def test_per_class_accuracy_and_iou_reach_the_report_and_the_metrics_csv(tmp_pat
     files = write_report(seg, tmp_path / "seg")
     assert "| road | 0.3000 |" in files["markdown"].read_text()
     assert pd.read_csv(files["metrics"]).loc[0, "iou/sky"] == pytest.approx(0.7)
+
+
+def test_training_evaluation_says_how_much_of_the_split_its_cap_let_it_read():
+    from hip.data.dataset import builtin_dataset
+    from hip.evaluate import Evaluator
+    from hip.model import create_task_model
+
+    data = builtin_dataset("digits")
+    model = create_task_model("classification", "tiny", dict(data.modalities), num_classes=10)
+    capped = Evaluator(data, "classification", split="test", batch_size=8, max_batches=2)
+    result = capped(model)
+    assert result.metrics["num_samples"] == 16
+    assert capped.coverage(result) == (
+        "evaluated 16 of 360 samples of 'test' (cap run.eval_batches=2; `hip evaluate` does "
+        "the full split)"
+    )
+    whole = Evaluator(data, "classification", split="test", batch_size=8, limit=16, max_batches=9)
+    assert whole.coverage(whole(model)) == "evaluated 16 of 16 samples of 'test'"
