@@ -104,6 +104,9 @@ class RunSection:
     resume: str = "auto"  # auto | never | PATH to a checkpoint
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch intra-op threads per process; null: OMP_NUM_THREADS, else the CPUs this process may
+    # use (affinity, cgroup quota) / processes on the host (hip/threads.py, docs/TRAINING.md)
+    threads: int | None = None
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when launched by torchrun
@@ -302,6 +305,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.run.precision, ("auto", "bf16", "fp32"), "run.precision")
     _choice(cfg.run.strategy, ("ddp", "fsdp"), "run.strategy")
     _choice(cfg.run.on_nonfinite, ("stop", "skip"), "run.on_nonfinite")
+    if cfg.run.threads is not None and cfg.run.threads < 1:
+        raise UserError(f"run.threads must be >= 1 (or null: automatic), got {cfg.run.threads}")
     if cfg.run.max_skipped_steps < 0:
         raise UserError(f"run.max_skipped_steps must be >= 0, got {cfg.run.max_skipped_steps}")
     dev = str(cfg.run.device)

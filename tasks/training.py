@@ -16,6 +16,7 @@ from prefect.artifacts import (
 
 from hip import checkpoint as ckpt
 from hip import storage
+from hip.threads import torchrun_env
 from hip.train.launch import launch, resolve_nproc, training_command
 from tasks.naming import artifact_key
 
@@ -90,7 +91,7 @@ def run_training(
         elif m := _RUN.match(line):
             found_run.update(id=m.group(1), link=m.group(2))
 
-    launch(cmd, on_line=on_line, env=env)
+    launch(cmd, on_line=on_line, env={**torchrun_env(nproc), **(env or {})})
     found = ckpt.latest_of_run(run_out)
     if found is None:
         raise RuntimeError(f"{stage} finished but wrote no checkpoint under {run_out}/checkpoints")

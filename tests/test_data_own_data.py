@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hip import data as hd
 from hip.cli import main
 from hip.data import loader, read_manifest, shard
 from hip.errors import UserError
@@ -156,6 +157,8 @@ def test_mixed_sizes_without_resize_keep_every_image(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "7 of 10 are 24x32" in printed and "no --resize" in printed
+    assert main([*argv, "-q"]) == 0  # up to date; the summary still says what was chosen
+    assert "7 of 10 are 24x32" in capsys.readouterr().out
     m = read_manifest(out)
     info = m.splits["train"]
     assert info.num_samples == 10 and info.skipped == []
@@ -164,6 +167,19 @@ def test_mixed_sizes_without_resize_keep_every_image(tmp_path, capsys):
     # the same as asking for it: resize to cover, then centre crop
     asked = shard("imagefolder", root, tmp_path / "asked", resize="24x32")
     assert [s.sha256 for s in asked.splits["train"].shards] == [s.sha256 for s in info.shards]
+    # partitions (other processes, Dask workers) get the choice with the plan; a re-run is a no-op
+    plan = hd.plan_shards("imagefolder", root, tmp_path / "parts", max_count=4)
+    records = [
+        r for part in hd.partitions(plan.num_shards, 3) for r in hd.write_partition(plan, part)
+    ]
+    parts = hd.merge_shards(plan, records)
+    assert [s.sha256 for s in parts.splits["train"].shards] == [
+        s.sha256
+        for s in shard("imagefolder", root, tmp_path / "one", max_count=4).splits["train"].shards
+    ]
+    logs: list[str] = []
+    shard("imagefolder", root, out, log=logs.append)
+    assert any("up to date" in line for line in logs)
     # a second split of other sizes takes the first split's size
     test = make_sized(tmp_path / "test", [(10, 10), (10, 10), (12, 12)])
     m = shard("imagefolder", test, out, "test")
@@ -264,3 +280,33 @@ def test_resized_jpegs_are_encoded_and_pngs_stay_png(tmp_path):
     assert [s.sha256 for s in auto.splits["train"].shards] == [
         s.sha256 for s in png.splits["train"].shards
     ]
+
+
+def test_the_source_type_is_told_from_the_folder(tmp_path, capsys):
+    camvid = make_camvid(tmp_path / "camvid", {"train": 2})
+    classes = make_sized(tmp_path / "cls", [(8, 8)] * 2)
+    (tmp_path / "list.csv").write_text("path,label\ncls/c0/0.png,a\n")
+    for path, kind in (
+        (camvid, "segfolder"),
+        (classes, "imagefolder"),
+        (tmp_path / "list.csv", "csv"),
+    ):
+        out = tmp_path / f"o_{kind}"
+        assert main(["shard", "--input", str(path), "--output", str(out)]) == 0
+        assert capsys.readouterr().out.startswith(f"source: {kind} (")
+        assert read_manifest(out).splits["train"].source["type"] == kind
+    (tmp_path / "empty").mkdir()
+    assert main(["shard", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "x")]) == 2
+    assert "pass --source" in capsys.readouterr().err
+
+
+def test_index_labels_are_not_taken_for_binary_when_the_first_holds_only_0_and_255(tmp_path):
+    root = make_camvid(tmp_path / "c", {"train": 3}, void=255)
+    first = sorted((root / "trainannot").iterdir())[0]
+    label = np.zeros((12, 16), np.uint8)
+    label[:, :4] = 255  # background and void only
+    Image.fromarray(label).save(first)
+    m = shard("segfolder", root, tmp_path / "o", "train")
+    assert m.splits["train"].source["mask_mode"] == "index"
+    assert m.label_names == ["class_0", "class_1", "class_2", "class_3"]
+    assert 255 in all_batches(tmp_path / "o", "train")["mask"].unique().tolist()  # void kept

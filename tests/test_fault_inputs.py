@@ -69,7 +69,7 @@ HIP_CASES = [
     ("unknown-command", ["nope"], 2, "invalid choice: 'nope'"),
     ("unknown-option", ["pretrain", "--bogus"], 2, "unrecognized arguments: --bogus"),
     ("shard-unknown-source", ["shard", "--source", "nope", "--output", "x"], 2, "invalid choice"),
-    ("shard-no-output", ["shard", "--source", "digits"], 2, "--source and --output are required"),
+    ("shard-no-output", ["shard", "--source", "digits"], 2, "--output is required"),
     ("shard-int-arg", ["shard", "--source", "digits", "--output", "{T}/o", "--max-count", "x"], 2,
      "invalid int value: 'x'"),
     ("shard-max-count-0", ["shard", "--source", "digits", "--output", "{T}/o", "--max-count", "0"],

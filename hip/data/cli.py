@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from hip.data.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, shard, verify
-from hip.data.sources import AUDIO_PRESETS, DEFAULT_SHUFFLE_SEED, SOURCES
+from hip.data.sources import AUDIO_PRESETS, DEFAULT_SHUFFLE_SEED, SOURCES, detect_source
 
 EPILOG = """examples:
   hip shard --source imagefolder --input data/mnist/train --output shards/mnist --split train
@@ -16,6 +16,7 @@ EPILOG = """examples:
   hip shard --source segfolder --input data/camvid --split train --output shards/camvid \
       --ignore-label 11 --label-names sky,building,pole,road,pavement,tree,sign,fence,car,person,bike
   hip shard --source segfolder --images data/x/img --labels data/x/lab --output shards/x
+  hip shard --input data/my_photos --output shards/photos   # source type told from the layout
   hip shard verify shards/mnist
 """
 
@@ -40,7 +41,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "path", nargs="?", help="verify: the shard directory, s3:// prefix or manifest.json"
     )
-    p.add_argument("--source", choices=sorted(SOURCES), help="source type")
+    p.add_argument(
+        "--source",
+        choices=sorted(SOURCES),
+        help="source type (default: told from the --input folder's layout)",
+    )
     p.add_argument("--input", help="input folder / CSV (not needed for mnist5k, digits)")
     p.add_argument("--output", help="output directory or s3://bucket/prefix")
     p.add_argument(
@@ -162,9 +167,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.source is None and (args.images or args.labels):
         args.source = "segfolder"
-    if not args.source or not args.output:
-        print("hip shard: error: --source and --output are required", file=sys.stderr)
+    if not args.output:
+        print("hip shard: error: --output is required", file=sys.stderr)
         return 2
+    if args.source is None:
+        if not args.input:
+            print("hip shard: error: give --input PATH (or --source NAME)", file=sys.stderr)
+            return 2
+        args.source, why = detect_source(args.input, args.split or "train")
+        if not args.quiet:
+            print(f"source: {args.source} ({why}; --source to choose)", flush=True)
     options = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k) is not None}
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     split = args.split or "train"
@@ -178,6 +190,9 @@ def run(args: argparse.Namespace) -> int:
         f"{split}: {info.num_samples} samples, {len(info.shards)} shard(s), "
         f"{len(info.skipped)} skipped -> {args.output}"
     )
+    if args.quiet:  # otherwise the log said it already
+        for note in info.options.get("defaults", []):
+            print(f"  {note}")
     for s in info.skipped[:20]:
         print(f"  skipped {s['input']}: {s['reason']}")
     return 0

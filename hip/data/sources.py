@@ -423,6 +423,7 @@ def voc(input: str, split: str, opts: SourceOptions) -> Source:
     return Source("voc", "segmentation", list(VOC_CLASSES), _unique_keys(items), desc)
 
 
+MASK_MODE_SAMPLES = 16  # segfolder --mask-mode auto: masks read to tell binary from index
 # Label folders beside an image folder `X`: `Xannot` (CamVid's train/trainannot), `X_labels`...
 LABEL_DIR_SUFFIXES = ("annot", "_annot", "_labels", "_label", "_masks", "_mask")
 
@@ -486,9 +487,11 @@ def segfolder(input: str | None, split: str, opts: SourceOptions) -> Source:
     mode = opts.mask_mode
     if mode not in {"auto", "binary", "index"}:
         raise UserError(f"segfolder: --mask-mode must be auto, binary or index, not {mode!r}")
-    if mode == "auto" and masks:
-        first = next(iter(sorted(masks.values())))
-        values = set(np.unique(np.asarray(Image.open(first))).tolist())
+    if mode == "auto" and masks:  # binary only if the first masks all hold just 0 and 255
+        values: set[int] = set()
+        for path in sorted(masks.values())[:MASK_MODE_SAMPLES]:
+            with Image.open(path) as m:
+                values |= set(np.unique(np.asarray(m)).tolist())
         mode = "binary" if values <= {0, 255} else "index"
     items, skipped = [], []
     for f in images[: opts.limit]:
@@ -769,6 +772,31 @@ SOURCES: dict[str, Callable[[Any, str, SourceOptions], Source]] = {
     "digits": digits,
 }
 NEEDS_INPUT = {"imagefolder", "voc", "audioset", "audiofolder", "segfolder", "csv"}
+
+
+def detect_source(input: str, split: str) -> tuple[str, str]:
+    """(source type, why) for a folder or file when `--source` is left out; a UserError if unclear."""
+    path = Path(input)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv", "a .csv file"
+    root = _need_dir(path, "--input")
+    if _paired_dirs(input, split, SourceOptions()) is not None:
+        return "segfolder", f"image and label folders side by side ({split}/ + {split}annot/)"
+    here = _split_dir(root, split)
+    names = {p.name for p in here.iterdir() if p.is_dir()}
+    if names & {"image", "images", "img"} and names & {"label", "labels", "mask", "masks"}:
+        return "segfolder", f"image/ and label/ folders in {here}"
+    if (root / "JPEGImages").is_dir() or (root / "VOC2012").is_dir():
+        return "voc", "a PASCAL VOC folder (JPEGImages/)"
+    if (root / "class_labels_indices.csv").is_file():
+        return "audioset", "class_labels_indices.csv"
+    folders = sorted(p for p in here.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for exts, kind in ((IMAGE_EXTS, "imagefolder"), (AUDIO_EXTS | VIDEO_EXTS, "audiofolder")):
+        if folders and any(_files(f, exts) for f in folders[:20]):
+            return kind, f"class folders of {kind[:5]} files in {here}"
+    raise UserError(
+        f"cannot tell what kind of data {input} holds; pass --source ({', '.join(SOURCES)})"
+    )
 
 
 def open_source(type: str, input: str | None, split: str, opts: SourceOptions) -> Source:

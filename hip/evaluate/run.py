@@ -20,6 +20,7 @@ from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
 from hip.rundir import RunFolder, run_of_checkpoint
 from hip.runlog import read_metrics
+from hip.threads import configure_threads
 
 
 @dataclass
@@ -105,6 +106,8 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     """Evaluate `eval.checkpoint` (or the run's latest) on `eval.split` and write the report."""
     from hip import tracking
 
+    if cfg.run.threads is not None:  # the CLI also sets the automatic choice
+        configure_threads(int(cfg.run.threads))
     path = find_checkpoint(cfg)
     model, payload = ckpt.load_model(path)
     meta = payload["model_meta"]

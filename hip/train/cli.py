@@ -58,8 +58,10 @@ def _print_result(stage: str, result: Any) -> None:
 
 def _train_and_report(stage: str, cfg: Any) -> int:
     """Train `cfg`; rank 0 prints the result, every rank its batch count when distributed."""
+    from hip.threads import configure_threads
     from hip.train.trainer import train
 
+    configure_threads(cfg.run.threads)  # this process is ours: automatic unless set
     result = train(cfg)
     if result.rank == 0:
         _print_result(stage, result)
@@ -114,6 +116,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = config_for_checkpoint(args.checkpoint, args.overrides)
     else:
         cfg = load_config("evaluate", args.config, args.overrides)
+    from hip.threads import configure_threads
+
+    configure_threads(cfg.run.threads)
     out = evaluate(cfg)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in out.result.metrics.items())
     print(f"evaluate: {metrics}")

@@ -34,6 +34,7 @@ from hip.errors import UserError
 from hip.rundir import RunFolder
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
+from hip.threads import configure_threads
 from hip.train import step as hstep
 from hip.train.checkpointer import Checkpointer, TrainState, seed_all
 from hip.train.metrics import StepTimer, memory_mb
@@ -476,6 +477,8 @@ def train(cfg: DictConfig, source: Dataset | None = None, tracker: Any = None) -
     Under torchrun (WORLD_SIZE > 1) it joins the process group, wraps the model in DDP (or
     FSDP2 with run.strategy=fsdp) and only rank 0 writes checkpoints, metrics and MLflow.
     """
+    if cfg.run.threads is not None:  # a library caller keeps its own setting unless set here
+        configure_threads(int(cfg.run.threads))
     info = hdist.setup(str(cfg.run.device))
     ok = False
     try:
