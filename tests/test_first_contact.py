@@ -4,7 +4,9 @@ Each test builds a small data set of its own kind (an image folder of mixed non-
 a paired segmentation layout with an ignore label, 44.1 kHz audio, a CSV of multi-labels),
 then runs `hip shard` -> `hip pretrain --data` -> `hip finetune --data --task --pretrained`
 -> `hip evaluate` through the CLI's `main(argv)`, in this process, with nothing but paths
-and --task. Only the run length is cut (`optim.total_steps`, `data.batch_size`: the recipes'
+and --task (`hip shard` tells the source type from the input; what only the user can know
+is given: the audio clip length, the segmentation ignore label and class names). Only the
+run length is cut (`optim.total_steps`, `data.batch_size`: the recipes'
 1,000 steps of 32 are minutes, these data sets a few dozen samples), the progress bar and
 MLflow are off except where MLflow is what is checked (their start-up is seconds per stage).
 """
@@ -33,10 +35,10 @@ def _hip(*argv: str) -> None:
     assert hip.cli.main([str(a) for a in argv]) == 0, argv
 
 
-def _shard(source: str, inputs: dict[str, Path], out: Path, *options: str) -> Path:
-    """`hip shard` of each split's input into `out`."""
+def _shard(inputs: dict[str, Path], out: Path, *options: str) -> Path:
+    """`hip shard` of each split's input into `out` (the source type told from the input)."""
     for split, path in inputs.items():
-        _hip("shard", "--source", source, "--input", path, "--split", split, "--output", out, "-q")
+        _hip("shard", "--input", path, "--split", split, "--output", out, *options, "-q")
     return out
 
 
@@ -102,7 +104,7 @@ def test_an_image_folder_of_mixed_sizes_goes_from_folder_to_report(tmp_path, mon
                 size = (15, 24) if i % 3 == 1 else (12, 20)
                 _rgb(*size, colour, rng).save(folder / f"{i}.png")
     root = tmp_path / "photos"
-    shards = _shard("imagefolder", {"train": root, "test": root}, tmp_path / "shards")
+    shards = _shard({"train": root, "test": root}, tmp_path / "shards")
     drawn = Drawn(monkeypatch)
     tracked = [*SHORT, f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
     meta, pre_report, ft_report = _first_contact(tmp_path, shards, "classification", tracked)
@@ -151,11 +153,7 @@ def test_an_audio_folder_at_44k_goes_from_folder_to_report(tmp_path, monkeypatch
             for i in range(count):
                 _wav(folder / f"{i}.wav", 0.5 * np.sin(2 * np.pi * freq * t + i), rate)
         inputs[split] = tmp_path / "sounds" / split
-    for split, path in inputs.items():
-        _hip(
-            "shard", "--source", "audiofolder", "--input", path, "--split", split,
-            "--output", tmp_path / "shards", "--clip-seconds", "0.05", "-q",
-        )  # fmt: skip
+    _shard(inputs, tmp_path / "shards", "--clip-seconds", "0.05")  # a length is required
     drawn = Drawn(monkeypatch)
     meta, _, ft_report = _first_contact(tmp_path, tmp_path / "shards", "classification")
     audio = meta["layout"]["audio"]
@@ -179,7 +177,7 @@ def test_a_csv_of_multi_labels_goes_from_file_to_report(tmp_path, monkeypatch):
             rows.append(f"{split}/{i}.png,{';'.join(mine)}")
         (tmp_path / "pics" / f"{split}.csv").write_text("\n".join(rows) + "\n")
     inputs = {s: tmp_path / "pics" / f"{s}.csv" for s in ("train", "test")}
-    shards = _shard("csv", inputs, tmp_path / "shards")
+    shards = _shard(inputs, tmp_path / "shards")
     assert json.loads((shards / "manifest.json").read_text())["task"] == "multilabel"
     drawn = Drawn(monkeypatch)
     meta, _, ft_report = _first_contact(tmp_path, shards, "multilabel")
@@ -206,12 +204,8 @@ def test_a_paired_segmentation_layout_with_an_ignore_label_goes_from_folder_to_r
             image = colours[label] + rng.integers(0, 25, (12, 16, 3))
             Image.fromarray(image.astype(np.uint8)).save(root / split / f"{i}.png")
             Image.fromarray(label).save(root / f"{split}annot" / f"{i}.png")
-    for split in ("train", "test"):
-        _hip(
-            "shard", "--source", "segfolder", "--input", root, "--split", split,
-            "--output", tmp_path / "shards", "--ignore-label", "3",
-            "--label-names", "sky,road,car,void", "-q",
-        )  # fmt: skip
+    names = ["--ignore-label", "3", "--label-names", "sky,road,car,void"]  # what the data is
+    _shard({"train": root, "test": root}, tmp_path / "shards", *names)
     drawn = Drawn(monkeypatch)
     meta, _, ft_report = _first_contact(tmp_path, tmp_path / "shards", "segmentation")
     assert meta["label_names"] == ["sky", "road", "car"] and meta["num_classes"] == 3
