@@ -55,8 +55,8 @@ class SourceOptions:
     """Shard-time options shared by all sources (unused ones are ignored by a source)."""
 
     limit: int | None = None  # first N inputs per class (per source when there are no classes)
-    resize: tuple[int, int] | None = None  # (H, W): resize shorter side, then center crop
-    channels: int | None = None  # 1 (grey) or 3 (RGB); default: from the first image
+    resize: tuple[int, int] | None = None  # (H, W): cover, center crop; sizes differ: most common
+    channels: int | None = None  # 1 (grey) or 3 (RGB); default: the images' (grey and colour: RGB)
     image_format: str = "auto"  # auto (JPEG inputs stay JPEG, the rest PNG) | png | jpeg
     sample_rate: int | None = None  # resample audio to this rate
     clip_seconds: float | None = None  # fixed audio length in seconds (pad with 0 or crop)
