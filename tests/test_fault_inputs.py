@@ -99,7 +99,7 @@ HIP_CASES = [
      "unknown config key 'foo'"),
     ("finetune-unknown-benchmark", ["finetune", "--benchmark", "mnistt"], 2,
      "unknown benchmarks config 'mnistt' (did you mean 'mnist'?)"),
-    ("finetune-no-benchmark", ["finetune"], 2, "give --benchmark NAME"),
+    ("finetune-no-benchmark", ["finetune"], 2, "give --data MANIFEST (your own shards), --benchmark NAME"),
     # config keys, types and values
     ("override-unknown-key", ["pretrain", "optim.lrr=1"], 2, "did you mean 'optim.lr'?"),
     ("override-not-key-value", ["pretrain", "novalue"], 2, "key=value"),

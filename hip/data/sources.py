@@ -650,24 +650,28 @@ def audioset(input: str, split: str, opts: SourceOptions) -> Source:
 
 
 def csv_source(input: str, split: str, opts: SourceOptions) -> Source:
-    """A CSV with columns `path,label` (paths relative to the CSV); images or audio clips."""
+    """A CSV with columns `path,label` (paths relative to the CSV; images or audio clips), or
+    `path,labels` for multi-label data: each row's label names separated by `;` (may be none)."""
     path = Path(input)
     if not path.is_file():
         raise UserError(f"csv: no such file: {path}")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise UserError(f"csv: {path} needs a header with columns path,label")
-        rows = [(r["path"], r["label"]) for r in reader]
+        cols = set(reader.fieldnames or ())
+        if "path" not in cols or not cols & {"label", "labels"}:
+            raise UserError(f"csv: {path} needs a header with columns path,label (or path,labels)")
+        multi = "label" not in cols
+        rows = [(r["path"], r["labels" if multi else "label"] or "") for r in reader]
     if any(Path(p).suffix.lower() in AUDIO_EXTS | VIDEO_EXTS for p, _ in rows):
         _audio_length_required(opts, "csv")
+    tags = [[t.strip() for t in lab.split(";") if t.strip()] if multi else [lab] for _, lab in rows]
     names = sorted(
-        {lab for _, lab in rows}, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s)
+        {t for ts in tags for t in ts}, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s)
     )
     index = {n: i for i, n in enumerate(names)}
     per_class: dict[str, int] = {}
     items = []
-    for rel, lab in rows:
+    for (rel, lab), ts in zip(rows, tags, strict=True):
         if opts.limit is not None and per_class.get(lab, 0) >= opts.limit:
             continue
         per_class[lab] = per_class.get(lab, 0) + 1
@@ -676,8 +680,10 @@ def csv_source(input: str, split: str, opts: SourceOptions) -> Source:
             load = lambda f=f: _load_clip(f, opts)  # noqa: E731
         else:
             load = lambda f=f: load_image_file(f, opts)  # noqa: E731
-        items.append(Item(str(Path(rel).with_suffix("")), index[lab], load, str(f)))
-    return Source("csv", "classification", names, _unique_keys(items), {"csv": str(path)})
+        label = sorted(index[t] for t in ts) if multi else index[lab]
+        items.append(Item(str(Path(rel).with_suffix("")), label, load, str(f)))
+    task = "multilabel" if multi else "classification"
+    return Source("csv", task, names, _unique_keys(items), {"csv": str(path)})
 
 
 # Digits bundled in pip packages: (package, image side). Their held-out split is defined once,
