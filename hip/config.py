@@ -265,7 +265,7 @@ def load_config(
             where = " ".join(str(exc).split())
             raise UserError(f"cannot parse {origin}: {where}") from None
         cfg = _merge(cfg, loaded, origin, schema)
-        cfg = _merge(cfg, {"stage": stage}, "stage", schema)
+    cfg = _merge(cfg, {"stage": stage}, "stage", schema)
     if stage == "evaluate":  # the training runs' cap does not apply: evaluate the full split
         cfg = _merge(cfg, {"run": {"eval_batches": None}}, "stage", schema)
     if overrides:
