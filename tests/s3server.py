@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from hip.train.launch import _die_with_parent
 from tests.needs import need
 
 PORT_NAMES = [
@@ -92,7 +93,9 @@ class S3Server:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            # its own session, and SIGTERM when this process dies: a killed test run (CI's
+            # timeout, Ctrl-C twice) leaves no weed behind
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
