@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import os
 import random
 import re
 import wave
@@ -311,7 +312,12 @@ def load_video(path: str | Path, opts: SourceOptions) -> np.ndarray:
 
 
 def _files(folder: Path, exts: set[str]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    """The files in `folder` with one of `exts`, sorted (scandir: no stat per file on most disks)."""
+    with os.scandir(folder) as entries:
+        names = [
+            e.name for e in entries if os.path.splitext(e.name)[1].lower() in exts and e.is_file()
+        ]
+    return [folder / n for n in sorted(names)]
 
 
 def _need_dir(path: Path, what: str) -> Path:
