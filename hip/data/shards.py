@@ -426,25 +426,31 @@ def _parse_size(value: str | tuple[int, int] | list[int] | int | None) -> tuple[
     return (h, int(m.group(2) or h))
 
 
-def remove_stale_temp(output: str | Path, split: str) -> list[str]:
-    """Delete a split's temp files left by a killed writer in a local output folder; returns them.
+def remove_stale_temp(
+    output: str | Path, split: str, s3: storage.S3Config | None = None
+) -> list[str]:
+    """Delete a split's temporary files or keys left by a killed writer; returns their paths.
 
-    `hip.storage.atomic_write_bytes` writes `.<name>.<random>.tmp` beside the final name; a
-    SIGKILL between the write and the rename leaves it behind. Readers never list it (they
-    read only what the manifest names); this keeps the folder clean. S3 is left alone.
+    `hip.storage.write_bytes` writes `.<name>.<random>.tmp` beside the final name (local) or
+    uploads `<name>.tmp-<uuid>` and copies it to its key (S3). A SIGKILL between the write and
+    the rename, or an S3 outage between the upload and the copy, leaves it behind. Readers
+    never list it (they read only what the manifest names); this keeps the output clean.
     """
-    folder = Path(str(output))
-    if storage.is_s3(str(output)) or not folder.is_dir():
-        return []
-    pattern = re.compile(
-        rf"^\.({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}(-\d{{6}}-\d{{6}})?\.json)"
-        r"\..+\.tmp$"
+    name = (
+        rf"({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}(-\d{{6}}-\d{{6}})?\.json)"
     )
+    output = str(output)
+    if storage.is_s3(output):
+        pattern = re.compile(rf"^{name}\.tmp-[0-9a-f]+$")
+    elif Path(output).is_dir():
+        pattern = re.compile(rf"^\.{name}\..+\.tmp$")
+    else:
+        return []
     removed = []
-    for child in folder.iterdir():
-        if pattern.match(child.name):
-            child.unlink(missing_ok=True)
-            removed.append(str(child))
+    for child in storage.list_names(output, s3):
+        if pattern.match(child):
+            storage.delete(storage.join(output, child), s3)
+            removed.append(storage.join(output, child))
     return removed
 
 
@@ -566,16 +572,22 @@ def _recorded(
     """Shard records that earlier runs of the same inputs left in progress files (unverified)."""
     done: dict[int, dict[str, Any]] = {}
     for name in _progress_names(output, split, s3):
-        progress = _load_json(storage.join(output, name), s3) or {}
-        if (
-            progress.get("layout") != _LAYOUT
-            or progress.get("fingerprint") != fingerprint
-            or progress.get("per_shard") != per_shard
-        ):
-            continue
-        for rec in progress.get("shards", []):
-            done[int(rec["index"])] = rec
+        done.update(_records_in(storage.join(output, name), fingerprint, per_shard, s3))
     return done
+
+
+def _records_in(
+    uri: str, fingerprint: str, per_shard: int, s3: storage.S3Config | None
+) -> dict[int, dict[str, Any]]:
+    """Shard records of one progress file, if written for this layout (unverified)."""
+    progress = _load_json(uri, s3) or {}
+    if (progress.get("layout"), progress.get("fingerprint"), progress.get("per_shard")) != (
+        _LAYOUT,
+        fingerprint,
+        per_shard,
+    ):
+        return {}
+    return {int(rec["index"]): rec for rec in progress.get("shards", [])}
 
 
 def _load_item(item: Item, task: str, opts: SourceOptions) -> tuple[Any, dict, list] | str:
@@ -652,7 +664,7 @@ def plan_shards(
         source_type=src.type, description=dict(src.description),
         listing_skipped=list(src.skipped),
     )  # fmt: skip
-    for stale in remove_stale_temp(output, split):
+    for stale in remove_stale_temp(output, split, s3):
         log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
     old = _read_existing(storage.join(output, MANIFEST), output, s3)
     if old is not None and _up_to_date(old.splits.get(split), fp, output, s3):
@@ -737,7 +749,8 @@ def write_partition(
     Runs anywhere the inputs and output are reachable (another process, a Dask worker): it
     re-opens the source and checks it still has the plan's fingerprint. After each shard, the
     partition's progress file `_progress-{split}-{first:06d}-{end:06d}.json` is rewritten, so a
-    killed partition loses at most the shard it was writing.
+    killed partition loses at most the shard it was writing: the next attempt reads that file
+    and keeps the shards it lists that still verify.
     """
     log = log or (lambda msg: None)
     if not indexes:
@@ -755,9 +768,12 @@ def write_partition(
             )
         items = shuffled(src.items, plan.seed)
     uri = _progress_uri(plan.output, plan.split, indexes)
+    # A retried or rescheduled partition (Prefect retry, Dask after a lost worker) finds what
+    # its killed attempt recorded since the plan was made.
+    done = {**plan.done, **_records_in(uri, plan.fingerprint, plan.per_shard, s3)}
     records: list[dict[str, Any]] = []
     for index in indexes:
-        rec = plan.done.get(index)
+        rec = done.get(index)
         if not _reusable(plan, rec, s3):
             rec = _write_shard(plan, index, items, opts, s3)
             progress = {
@@ -876,7 +892,8 @@ def merge_shards(
     """Write the manifest from every partition's shard records, last and atomically.
 
     Every shard slot of the plan must have a record; the split replaces its old entry in the
-    output's manifest (other splits are kept), then the progress files are deleted.
+    output's manifest (other splits are kept), then the progress files and any temporary file
+    a killed partition left (local output) are deleted.
     """
     log = log or (lambda msg: None)
     if plan.current is not None:
@@ -899,6 +916,8 @@ def merge_shards(
     manifest.write(plan.output, s3)
     for name in _progress_names(plan.output, plan.split, s3):
         storage.delete(storage.join(plan.output, name), s3)
+    for stale in remove_stale_temp(plan.output, plan.split, s3):  # a worker killed mid-write
+        log(f"{plan.split}: removed {PurePosixPath(stale).name} (left by an interrupted write)")
     log(
         f"{plan.split}: {entry.num_samples} samples in {len(entry.shards)} shard(s), "
         f"{len(entry.skipped)} skipped"
