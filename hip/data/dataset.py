@@ -77,11 +77,14 @@ class Dataset:
         skip: int = 0,
         limit: int | None = None,
         pin_memory: bool = False,
+        as_stored: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """One epoch of batches for this rank, skipping the first `skip` (resumption).
 
         `pin_memory` (for a CUDA device) has the loader hand over page-locked batches, whose
-        copy to the GPU is truly asynchronous.
+        copy to the GPU is truly asynchronous. `as_stored=True`: shard inputs come as stored
+        (uint8 images, int16 audio), for `hip.task.base.inputs_to_device` to scale to float32
+        on the device (the training loop does); the in-memory sets are float32 either way.
 
         Labels (and segmentation mask classes) are checked against the data's label names:
         an out-of-range value raises :class:`LabelRangeError` naming the split and sample.
@@ -98,6 +101,7 @@ class Dataset:
             skip,
             limit,
             pin_memory,
+            as_stored,
         ):
             check_labels(batch, self.task, self.num_classes, f"{self.name!r} split {split!r}")
             yield batch
@@ -115,6 +119,7 @@ class Dataset:
         skip: int,
         limit: int | None,
         pin_memory: bool = False,
+        as_stored: bool = False,
     ) -> Iterator[dict[str, Any]]:
         if self.arrays:
             yield from self._array_batches(
@@ -135,6 +140,7 @@ class Dataset:
             world_size=world_size,
             handler=warn_and_skip if self.skip_corrupt and not train else None,
             pin_memory=pin_memory,
+            as_stored=as_stored,
         )
         for i, batch in enumerate(it):
             if i >= skip:
@@ -322,7 +328,10 @@ def infinite(
     limit: int | None = None,
     pin_memory: bool = False,
 ) -> Iterable[tuple[int, int, dict[str, Any]]]:
-    """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position."""
+    """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position.
+
+    Shard inputs come as stored (uint8 images): the training loop scales them on its device.
+    """
     # What stays the same from epoch to epoch; only the epoch and the skip change.
     fixed = dict(
         seed=seed,
@@ -331,6 +340,7 @@ def infinite(
         num_workers=num_workers,
         limit=limit,
         pin_memory=pin_memory,
+        as_stored=True,
     )
     epoch, skip = start_epoch, start_batch
     while True:

@@ -60,6 +60,7 @@ from hip.data.sources import (
     SourceOptions,
     open_source,
     shuffled,
+    with_image_preset,
 )
 from hip.errors import UserError
 from hip.model.modalities import (
@@ -462,7 +463,7 @@ def _check_options(
     unknown = sorted(set(options) - fields)
     if unknown:
         raise UserError(f"unknown shard option(s): {', '.join(unknown)}")
-    options = {k: v for k, v in options.items() if v is not None}
+    options = with_image_preset({k: v for k, v in options.items() if v is not None})
     for k in ("resize", "video_size"):
         if k in options:
             options[k] = _parse_size(options[k])

@@ -19,6 +19,21 @@ else:
     Array = TypeVar("Array")
 
 
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Float32 inputs from a tensor in its stored dtype (uint8 / 255, int16 / 32768), on its device.
+
+    The loader hands training batches over as stored (`hip.data.loader(..., as_stored=True)`);
+    this is the same float32 division it does in numpy otherwise, so the values are identical.
+    """
+    import torch
+
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if x.dtype == torch.int16:
+        return x.float() / 32768.0
+    return x.float()
+
+
 def image_to_tokens(image: Array, channels_last: bool = True) -> Array:
     """Image `[..., H, W, C]` (or `[..., H, W]` grey, or `[..., C, H, W]`) -> `[..., H*W, C]` in raster order."""
     if image.ndim < 2:
