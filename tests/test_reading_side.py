@@ -87,3 +87,29 @@ def test_the_imagenet_preset_writes_224_rgb_jpeg_unless_told_otherwise(tmp_path)
     assert (image["encoding"], image["height"], image["channels"]) == ("png", 32, 3)
     with pytest.raises(hd.shards.UserError, match="unknown preset 'fsdd'"):
         hd.shard("imagefolder", tmp_path / "in", tmp_path / "x", preset="fsdd")
+
+
+def test_training_loader_workers_persist_across_epochs_and_read_the_same_batches(
+    shared_data, tmp_path
+):
+    hd.shard(
+        "imagefolder",
+        shared_data / "mnist_png_subset" / "test",
+        tmp_path / "s",
+        limit=8,
+        max_count=10,
+    )
+    ds = manifest_dataset(str(tmp_path / "s"))
+    kw = {"seed": 5, "num_workers": 2, "as_stored": True}
+    keys, pids = [], []
+    for epoch in range(3):
+        keys.append([b["key"] for b in ds.batches("train", 4, True, epoch=epoch, **kw)])
+        (it,) = ds._loaders.values()  # one loader, reused
+        pids.append(sorted(w.pid for w in it._iterator._workers))  # torch's worker processes
+    assert pids[0] == pids[1] == pids[2] and len(pids[0]) == 2
+    for epoch in range(3):  # a fresh loader per epoch (the order before workers persisted)
+        fresh = hd.loader(tmp_path / "s", "train", 4, train=True, num_workers=2, seed=5 + epoch)
+        assert keys[epoch] == [b["key"] for b in fresh]
+    assert keys[0] != keys[1]
+    resumed = list(ds.batches("train", 4, True, epoch=1, skip=3, **kw))  # resumption mid-epoch
+    assert [b["key"] for b in resumed] == keys[1][3:]

@@ -50,6 +50,9 @@ class Dataset:
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     manifest_path: str | None = None
     skip_corrupt: bool = False  # evaluation: skip (warn) corrupt samples instead of raising
+    # Training shard loaders by their settings: reused epoch after epoch, so their worker
+    # processes persist (only the seed changes between epochs).
+    _loaders: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -129,6 +132,15 @@ class Dataset:
         import hip.data as hd  # the shard loaders (data stage)
         from hip.data.loader import warn_and_skip
 
+        key = (split, batch_size, rank, world_size, num_workers, pin_memory, as_stored)
+        if train and num_workers > 0 and key in self._loaders:
+            it = self._loaders[key]
+            it.dataset.seed = seed + epoch  # the order a fresh loader would read
+            it.set_epoch(0)
+            for i, batch in enumerate(it):
+                if i >= skip:
+                    yield batch
+            return
         it = hd.loader(
             self.manifest if self.manifest is not None else self.manifest_path,
             split,
@@ -142,6 +154,8 @@ class Dataset:
             pin_memory=pin_memory,
             as_stored=as_stored,
         )
+        if train and num_workers > 0:
+            self._loaders[key] = it
         for i, batch in enumerate(it):
             if i >= skip:
                 yield batch

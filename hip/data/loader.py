@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -183,14 +184,13 @@ class ShardStream(IterableDataset):
         as_stored: bool = False,
     ) -> None:
         super().__init__()
+        # (seed, epoch) in shared memory: persistent workers keep their copy of this object
+        # across epochs, and read the epoch the main process set here when they restart.
+        self._state = multiprocessing.RawArray("q", [int(seed), 0])
         self.urls, self.train, self.batch_size = urls, train, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
-        self.seed, self.shuffle_buffer, self.batches_per_worker = (
-            seed,
-            shuffle_buffer,
-            batches_per_worker,
-        )
-        self.handler, self.s3, self.epoch = handler, s3, 0
+        self.shuffle_buffer, self.batches_per_worker = shuffle_buffer, batches_per_worker
+        self.handler, self.s3 = handler, s3
         self.decode = Decoder(manifest, normalize, as_stored)
         self.expected = {  # samples per shard URL, to count what a broken shard loses
             storage.join(str(manifest.root), sh.name): sh.count
@@ -198,6 +198,24 @@ class ShardStream(IterableDataset):
             for sh in info.shards
         }
         self.corrupt = 0  # samples lost since the last batch (per worker process)
+
+    @property
+    def seed(self) -> int:
+        """The base seed of the sample order (shared with the worker processes)."""
+        return int(self._state[0])
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._state[0] = int(value)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being read (shared with the worker processes)."""
+        return int(self._state[1])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._state[1] = int(value)
 
     def _count(self, lost: int) -> None:
         """Record `lost` corrupt samples (reported with the next batch)."""
@@ -292,7 +310,11 @@ class ShardStream(IterableDataset):
 
 
 class ShardLoader(DataLoader):
-    """A DataLoader over a ShardStream; each new iteration is the next epoch (or `set_epoch`)."""
+    """A DataLoader over a ShardStream; each new iteration is the next epoch (or `set_epoch`).
+
+    Training loaders with workers keep them across epochs (`persistent_workers`): no worker
+    start-up (process, imports, shard listing, shuffle-buffer fill) at every epoch.
+    """
 
     def __init__(
         self, dataset: ShardStream, num_workers: int, batches_per_epoch: int | None, **kw: Any
@@ -365,10 +387,17 @@ def loader(
         handler = handler or warn_and_skip
     else:
         handler = handler or wds.reraise_exception
+    persistent = train and num_workers > 0
     ds = ShardStream(
         urls, manifest, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
         num_workers=num_workers, seed=seed, shuffle_buffer=shuffle_buffer,
         batches_per_worker=per_worker, handler=handler, normalize=normalize, s3=s3,
         as_stored=as_stored,
     )  # fmt: skip
-    return ShardLoader(ds, num_workers, batches_per_epoch if train else None, pin_memory=pin_memory)
+    return ShardLoader(
+        ds,
+        num_workers,
+        batches_per_epoch if train else None,
+        pin_memory=pin_memory,
+        persistent_workers=persistent,
+    )
