@@ -32,19 +32,24 @@ def _tarfile_bytes(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def test_sharding_a_real_image_folder_never_imports_torch(shared_data, tmp_path):
-    """A worker process runs write_partition; importing torch there cost 5-7 s per worker."""
+def test_sharding_forks_workers_and_never_imports_torch(shared_data, tmp_path):
+    """A fresh single-threaded process (as `hip shard` is) forks its workers; neither it nor
+    they load torch (5-7 s per worker before). The forked workers write the 1-process shards."""
     src = shared_data / "mnist_png_subset" / "train"
     code = (
         "import sys, hip.data as hd\n"
-        f"m = hd.shard('imagefolder', {str(src)!r}, {str(tmp_path / 'o')!r}, limit=20, max_count=50)\n"
-        "assert m.splits['train'].num_samples == 200, m.splits['train']\n"
+        "from hip.data.shards import worker_start_method\n"
+        "assert worker_start_method() == 'fork'\n"
+        f"for n in (1, 2): hd.shard('imagefolder', {str(src)!r}, {str(tmp_path)!r} + f'/w{{n}}', limit=20, max_count=50, workers=n)\n"
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'torchmetrics', 'webdataset'))\n"
         "print(heavy or 'none')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "none"
+    assert hd.read_manifest(tmp_path / "w2").splits["train"].num_samples == 200
+    assert manifest_json(tmp_path / "w2") == manifest_json(tmp_path / "w1")
+    assert files_of(tmp_path / "w2") == files_of(tmp_path / "w1")
 
 
 @pytest.mark.parametrize("task", sorted(BUILTIN))
@@ -80,13 +85,13 @@ def test_build_tar_writes_what_tarfile_writes(names):
         assert [(m.name, m.size) for m in tar.getmembers()] == [(n, len(d)) for n, d in members]
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_forked_and_spawned_workers_write_the_single_process_shards(tmp_path, method):
+def test_spawned_workers_write_the_single_process_shards(tmp_path):
+    """The path of a caller with threads (forked workers: the test above, in a fresh process)."""
     src = make_imagefolder(tmp_path / "src", classes=3, per_class=8)
     one = tmp_path / "one"
     hd.shard("imagefolder", src, one, max_count=5)
-    two = tmp_path / method
-    hd.shard("imagefolder", src, two, max_count=5, workers=2, start_method=method)
+    two = tmp_path / "spawn"
+    hd.shard("imagefolder", src, two, max_count=5, workers=2, start_method="spawn")
     assert manifest_json(two) == manifest_json(one)
     assert files_of(two) == files_of(one)
 
