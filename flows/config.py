@@ -74,6 +74,11 @@ class PipelineConfig:
     # (each stage on its own deployment's work pool: shard/evaluate on cpu, training on gpu),
     # or auto (deployments when the pipeline itself runs from a deployment).
     dispatch: str = "auto"
+    # With dispatch=deployments: how often a stage run that FAILED or CRASHED (a worker host
+    # lost, the Prefect server restarting under a starting run) is run again. Training resumes
+    # from its last checkpoint and sharding from its finished shards, so a retry redoes little.
+    # A CANCELLED stage is never retried.
+    stage_retries: int = 1
     progress: bool = True
     # Sharding (issue 17): one Prefect task per partition of a split's shards (2 per worker) on
     # prefect-dask's DaskTaskRunner. shard_cluster: null -> a LocalCluster of shard_workers

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.config import PipelineConfig, load_pipeline, pipeline_from_dict, tracking_uri
+from flows.dispatch import run_stage_deployment
 from hip import checkpoint as ckpt
 from hip import storage, tracking, worklock
 from hip.config import load_config
@@ -290,8 +291,6 @@ def _run_stage(p: PipelineConfig, stage: str, parent: str, mode: str) -> dict[st
         return {"pretrain": pretrain_flow, "finetune": finetune_flow, "evaluate": evaluate_flow}[
             stage
         ](p, parent)
-    from prefect.deployments import run_deployment
-
     log = get_run_logger()
     params = {
         "stage": stage,
@@ -299,12 +298,17 @@ def _run_stage(p: PipelineConfig, stage: str, parent: str, mode: str) -> dict[st
         "config": dataclasses.asdict(p),
         "parent_run_id": parent,
     }
-    log.info("stage %s: running deployment hip/%s", stage, stage)
-    run = run_deployment(name=f"hip/{stage}", parameters=params, timeout=None)
-    state = run.state
-    if state is None or not state.is_completed():
+    for attempt in range(1 + max(0, p.stage_retries)):
+        log.info("stage %s: running deployment hip/%s", stage, stage)
+        run = run_stage_deployment(stage, params)  # cancelled with this flow run
+        state = run.state
+        if state is not None and state.is_completed():
+            break
         what = f"{state.type.value}: {state.message}" if state else "no state"
-        raise RuntimeError(f"stage {stage} (flow run {run.name}, deployment hip/{stage}) {what}")
+        failed = f"stage {stage} (flow run {run.name}, deployment hip/{stage}) {what}"
+        if (state is not None and state.is_cancelled()) or attempt >= p.stage_retries:
+            raise RuntimeError(failed)
+        log.warning("%s; running it again (stage_retries=%d)", failed[:2000], p.stage_retries)
     log.info("stage %s done (flow run %s)", stage, run.name)
     return _load_result(p, stage)
 

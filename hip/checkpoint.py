@@ -34,6 +34,8 @@ import re
 import signal
 import sys
 import tempfile
+import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -86,9 +88,34 @@ def _fault_hook(path: str, data: bytes) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def outage_limit_s() -> float:
+    """How long a checkpoint write waits for an unreachable S3 endpoint before it fails."""
+    return float(os.environ.get("HIP_S3_OUTAGE_S", "300"))
+
+
 def _write(path: str, data: bytes) -> None:
     _fault_hook(path, data)
-    storage.write_bytes(path, data)  # local: temp file + rename; S3: a PUT is atomic
+    # local: temp file + rename; S3: temp key, copy, delete. An S3 endpoint that is down or
+    # restarting for longer than botocore's retries (seconds) must not end a long training
+    # run: the write is retried for up to HIP_S3_OUTAGE_S, then fails with the S3 error.
+    start, delay, warned = time.monotonic(), 2.0, False
+    while True:
+        try:
+            storage.write_bytes(path, data)
+            return
+        except storage.S3Unreachable as exc:
+            waited = time.monotonic() - start
+            if waited + delay > outage_limit_s():
+                raise
+            if not warned:
+                warned = True
+                warnings.warn(
+                    f"{exc}; retrying the checkpoint write for up to {outage_limit_s():.0f} s "
+                    "(HIP_S3_OUTAGE_S)",
+                    stacklevel=2,
+                )
+            time.sleep(delay)
+            delay = min(30.0, delay * 2)
 
 
 def _read(path: str) -> bytes:

@@ -104,13 +104,18 @@ class RunSection:
     resume: str = "auto"  # auto | never | PATH to a checkpoint
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # torch intra-op threads per process; null: OMP_NUM_THREADS, else the CPUs this process may
+    # use (affinity, cgroup quota) / processes on the host (hip/threads.py, docs/TRAINING.md)
+    threads: int | None = None
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard) when launched by torchrun
     log_every: int = 1
     progress: bool = True
     stop_at_step: int | None = None  # stop early (as if preempted) after this step
-    eval_batches: int | None = None  # evaluate on at most this many batches
+    # The end-of-training evaluation reads at most this many batches of data.eval_split (null:
+    # all); `hip evaluate` ignores a stored cap and does the full split unless told otherwise.
+    eval_batches: int | None = 100
     on_nonfinite: str = "stop"  # NaN/inf loss or grad norm: stop (keep last checkpoint) | skip
     max_skipped_steps: int = 100  # on_nonfinite=skip: stop once this many steps were skipped
 
@@ -260,12 +265,22 @@ def load_config(
             where = " ".join(str(exc).split())
             raise UserError(f"cannot parse {origin}: {where}") from None
         cfg = _merge(cfg, loaded, origin, schema)
-    cfg = _merge(cfg, {"stage": stage}, "stage", schema)
+        cfg = _merge(cfg, {"stage": stage}, "stage", schema)
+    if stage == "evaluate":  # the training runs' cap does not apply: evaluate the full split
+        cfg = _merge(cfg, {"run": {"eval_batches": None}}, "stage", schema)
     if overrides:
         cfg = _merge(cfg, _parse_dotlist(list(overrides)), "command-line overrides", schema)
     validate(cfg)
     OmegaConf.set_readonly(cfg, False)
+    drop_unused_source(cfg)
     return cfg
+
+
+def drop_unused_source(cfg: DictConfig) -> None:
+    """Null `data.source` when `data.manifest` is set: the manifest is what is read, and the
+    resolved config (printed, stored in checkpoints, logged) shows only the data used."""
+    if cfg.data.manifest and cfg.data.source:
+        cfg.data.source = None
 
 
 def _choice(value: Any, allowed: tuple[str, ...], key: str) -> None:
@@ -290,6 +305,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.run.precision, ("auto", "bf16", "fp32"), "run.precision")
     _choice(cfg.run.strategy, ("ddp", "fsdp"), "run.strategy")
     _choice(cfg.run.on_nonfinite, ("stop", "skip"), "run.on_nonfinite")
+    if cfg.run.threads is not None and cfg.run.threads < 1:
+        raise UserError(f"run.threads must be >= 1 (or null: automatic), got {cfg.run.threads}")
     if cfg.run.max_skipped_steps < 0:
         raise UserError(f"run.max_skipped_steps must be >= 0, got {cfg.run.max_skipped_steps}")
     dev = str(cfg.run.device)

@@ -99,6 +99,9 @@ def run_demo(
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from hip.threads import configure_threads
+
+    configure_threads(log=None if args.quiet else print)  # the command's own process
     summary = run_demo(
         Path(args.out),
         steps=args.steps,

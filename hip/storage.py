@@ -164,6 +164,10 @@ def _transfer_config() -> Any:
     )
 
 
+class S3Unreachable(UserError):
+    """The S3 endpoint did not answer (down or restarting), after botocore's own retries."""
+
+
 def _s3_error(exc: Exception, uri: str, config: S3Config | None) -> Exception:
     """Translate botocore failures into UserErrors naming endpoint and bucket (never secrets)."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
@@ -184,7 +188,7 @@ def _s3_error(exc: Exception, uri: str, config: S3Config | None) -> Exception:
             return FileNotFoundError(f"no such object: {uri} ({where})")
         return UserError(f"S3 error {code} for {uri} at {where}")
     if isinstance(exc, EndpointConnectionError):
-        return UserError(f"cannot reach S3 at {where}: {exc}")
+        return S3Unreachable(f"cannot reach S3 at {where}: {exc}")
     if isinstance(exc, NoCredentialsError):
         return UserError(f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID/SECRET")
     return exc

@@ -434,6 +434,10 @@ def base_env() -> dict[str, str]:
     return env
 
 
+LEASE_STORAGE_ENV = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 def prefect_env(cfg: Config) -> dict[str, str]:
     env = base_env()
     env.update(
@@ -509,6 +513,11 @@ def service_command(cfg: Config, name: str, creds: tuple[str, str] | None) -> tu
         ]  # fmt: skip
         env = prefect_env(cfg)
         env.pop("PREFECT_API_URL")
+        # Deployment concurrency leases on disk (in PREFECT_HOME), not in the server's memory:
+        # with the in-memory default a server restart forgets them, and every running flow run
+        # of a deployment with a concurrency limit then terminates itself ("lease renewal
+        # failed") a minute later.
+        env[LEASE_STORAGE_ENV] = LEASE_STORAGE
         return cmd, env, cfg.state / "prefect"
     if name in WORKERS:
         cmd = [

@@ -16,6 +16,7 @@ from prefect.artifacts import (
 
 from hip import checkpoint as ckpt
 from hip import storage
+from hip.threads import torchrun_env
 from hip.train.launch import launch, resolve_nproc, training_command
 from tasks.naming import artifact_key
 
@@ -26,19 +27,45 @@ _RUN = re.compile(r"^MLflow run (\w+) \(\w+\): (.+)$")
 
 
 class _Progress:
-    """A Prefect progress artifact that follows the training's step lines (at most every 5 s)."""
+    """A Prefect progress artifact that follows the training's step lines (at most every 5 s).
+
+    Best effort: while the Prefect server is unreachable (restarting) training goes on and the
+    artifact catches up at the next update after it is back."""
 
     def __init__(self, label: str):
         self.key = artifact_key(f"{label}-progress")
-        self.id = create_progress_artifact(0.0, key=self.key, description=f"{label}: steps done")
+        self.label = label
+        self.id = None
         self.last = 0.0
+        self.warned = False
+        self._call(lambda: self._create(0.0))
+
+    def _create(self, percent: float) -> None:
+        desc = f"{self.label}: steps done"
+        self.id = create_progress_artifact(percent, key=self.key, description=desc)
+
+    def _call(self, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            if not self.warned:
+                get_run_logger().warning(
+                    "progress artifact not updated (%s); training goes on", exc
+                )
+                self.warned = True
+        else:
+            self.warned = False
 
     def update(self, done: int, total: int) -> None:
         now = time.monotonic()
         if done < total and now - self.last < 5:
             return
         self.last = now
-        update_progress_artifact(self.id, 100.0 * done / max(1, total))
+        percent = 100.0 * done / max(1, total)
+        if self.id is None:
+            self._call(lambda: self._create(percent))
+        else:
+            self._call(lambda: update_progress_artifact(self.id, percent))
 
 
 @task(name="train", retries=1, retry_delay_seconds=10)
@@ -90,18 +117,21 @@ def run_training(
         elif m := _RUN.match(line):
             found_run.update(id=m.group(1), link=m.group(2))
 
-    launch(cmd, on_line=on_line, env=env)
+    launch(cmd, on_line=on_line, env={**torchrun_env(nproc), **(env or {})})
     found = ckpt.latest_of_run(run_out)
     if found is None:
         raise RuntimeError(f"{stage} finished but wrote no checkpoint under {run_out}/checkpoints")
     progress.update(1, 1)
     run_id = found_run.get("id") or _recorded_run(run_out)
     if found_run.get("link"):
-        create_link_artifact(
-            found_run["link"] if found_run["link"].startswith("http") else f"mlflow-run:{run_id}",
-            link_text=f"MLflow run {run_id}",
-            key=artifact_key(f"{label}-mlflow"),
-            description=f"MLflow run of {label}",
+        link = found_run["link"]
+        progress._call(
+            lambda: create_link_artifact(
+                link if link.startswith("http") else f"mlflow-run:{run_id}",
+                link_text=f"MLflow run {run_id}",
+                key=artifact_key(f"{label}-mlflow"),
+                description=f"MLflow run of {label}",
+            )
         )
     return {"stage": stage, "run_out": run_out, "checkpoint": found, "mlflow_run_id": run_id}
 

@@ -103,3 +103,56 @@ def test_cli_config_show(capsys):
     assert yaml.safe_load(capsys.readouterr().out)["task"]["type"] == "segmentation"
     assert hip.cli.main(["config", "show", "pretrain", "optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
+
+
+def _manifest(folder, task="classification", labels=("cat", "dog", "eel"), mask=False):
+    """A manifest.json (no shards: the config only reads the manifest) in `folder`."""
+    from hip.data.manifest import Manifest
+
+    image = {"shape": [240, 3], "height": 12, "width": 20, "channels": 3}
+    targets = {"mask": {"shape": [240], "ignore_index": 255}} if mask else {}
+    Manifest(task, list(labels), {"image": image}, targets=targets).write(str(folder))
+    return str(folder)
+
+
+def test_finetune_on_a_manifest_takes_classes_and_the_task_recipe_with_no_preset(tmp_path, capsys):
+    data = _manifest(tmp_path / "shards")
+    assert hip.cli.main(["config", "show", "finetune", "--data", data]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["task"]["type"] == "classification" and cfg["task"]["num_classes"] == 3
+    assert cfg["task"]["benchmark"] is None
+    assert cfg["data"]["manifest"] == data and cfg["data"]["source"] is None
+    # the classification recipe (hip/configs/recipes): the tiny preset's issue-14 recipe
+    assert cfg["optim"]["lr"] == pytest.approx(1e-3) and cfg["optim"]["betas"] == [0.9, 0.95]
+    assert cfg["optim"]["total_steps"] == 1000 and cfg["model"]["input_norm"] == "dataset"
+    assert hip.cli.main(["config", "show", "pretrain", "--data", data]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["task"]["type"] == "mae" and cfg["task"]["num_classes"] is None
+    assert cfg["tracking"]["experiment"] == "hip-pretrain"
+
+
+def test_a_task_the_data_has_no_labels_for_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    data = _manifest(tmp_path / "cls")
+    assert hip.cli.main(["finetune", "--data", data, "--task", "segmentation"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no mask target" in err and "segfolder" in err
+    assert hip.cli.main(["finetune", "--data", data, "--task", "multilabel"]) == 2
+    assert "use --task classification" in capsys.readouterr().err
+    seg = _manifest(tmp_path / "seg", "segmentation", ("bg", "fg"), mask=True)
+    assert hip.cli.main(["finetune", "--data", seg, "--task", "classification"]) == 2
+    assert "use --task segmentation" in capsys.readouterr().err
+    assert hip.cli.main(["finetune", "--data", str(tmp_path / "none")]) == 2
+    assert "run `hip shard` first" in capsys.readouterr().err
+
+
+def test_a_preset_data_source_is_not_shown_beside_the_manifest_that_replaces_it(tmp_path):
+    cfg = load_config("finetune", "mnist", [f"data.manifest={tmp_path}"], kind="benchmarks")
+    assert cfg.data.manifest == str(tmp_path) and cfg.data.source is None
+
+
+def test_training_evaluation_is_capped_by_default_and_hip_evaluate_is_not():
+    assert load_config("finetune", "mnist").run.eval_batches == 100
+    assert load_config("evaluate", "tiny_mnist").run.eval_batches is None
+    assert load_config("evaluate", "tiny_mnist", ["run.eval_batches=3"]).run.eval_batches == 3
+    help_text = hip.cli.build_parser()._subparsers._group_actions[0].choices["finetune"]
+    assert "run.eval_batches" in help_text.format_help()

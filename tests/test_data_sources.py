@@ -197,9 +197,11 @@ def test_audioset_multilabel_audio_and_video(tmp_path):
         'vidAAAAAAA, 30.000, 40.000, "/m/09x0r,/m/04rlf"',
         'wavBBB-_Bb, 0.000, 10.000, "/m/0jbk"',
         'missingCCC, 0.000, 10.000, "/m/0jbk"',
+        'vidDDDDDDD, 0.000, 10.000, "/m/0jbk"',
     ]
     (root / "segments.csv").write_text("\n".join(seg) + "\n")
     make_mp4(clips / "vidAAAAAAA_30000.mp4")
+    make_mp4(clips / "vidDDDDDDD.mp4")  # 2 of 4 usable: at most half may be skipped
     write_wav(clips / "wavBBB-_Bb.wav", np.arange(16000) % 200 - 100, 16000)
     m = shard(
         "audioset",
@@ -214,15 +216,16 @@ def test_audioset_multilabel_audio_and_video(tmp_path):
     info = m.splits["train"]
     assert m.task == "multilabel" and m.label_names == ["Speech", "Music", "Animal"]
     assert any(s["input"] == "missingCCC" for s in info.skipped)
-    # one clip has video, one has not: the mp4 defines the modalities, the wav is reported
-    assert info.num_samples == 1 and m.modalities["video"]["shape"] == [5 * 64, 3]
+    # two clips have video, one has not: the mp4s define the modalities, the wav is reported
+    assert info.num_samples == 2 and m.modalities["video"]["shape"] == [5 * 64, 3]
     assert m.modalities["audio"]["shape"] == [500, 16]
     assert any("wavBBB" in s["input"] and "differs" in s["reason"] for s in info.skipped)
-    b = one_batch(tmp_path / "o", "train", 1)
-    assert b["label"].tolist() == [[1.0, 1.0, 0.0]]
-    assert b["inputs"]["video"].shape == (1, 320, 3) and b["inputs"]["audio"].shape == (1, 500, 16)
+    b = one_batch(tmp_path / "o", "train", 2)
+    i = b["key"].index("vidAAAAAAA_30000")
+    assert b["label"][i].tolist() == [1.0, 1.0, 0.0]
+    assert b["inputs"]["video"].shape == (2, 320, 3) and b["inputs"]["audio"].shape == (2, 500, 16)
     # frames advance in time: the clip brightens frame by frame
-    frames = b["inputs"]["video"].reshape(5, 64, 3).mean(dim=(1, 2))
+    frames = b["inputs"]["video"][i].reshape(5, 64, 3).mean(dim=(1, 2))
     assert torch.all(frames[1:] > frames[:-1])
 
 

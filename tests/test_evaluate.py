@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from hip.evaluate import EvalResult
-from hip.evaluate.report import image_shape, write_report
+from hip.evaluate.report import reconstruction_figure, write_report
+from hip.task import get_task
 from hip.task.metrics import (
     average_precision,
     confusion_matrix,
@@ -147,4 +149,86 @@ def test_report_files(tmp_path):
         {"mIoU": 0.5}, "segmentation", ["bg", "fg"], per_class={"iou": np.array([0.7, 0.3])}
     )
     assert "per_class_iou" in write_report(seg, tmp_path / "seg")
-    assert image_shape(784, 1) == (28, 28) and image_shape(1000, 1) is None
+
+
+def _mae_result(tokens: tuple[int, int], layout: dict, name: str = "image") -> EvalResult:
+    """An MAE result with two random reconstructions of `tokens` [M, C] and a layout."""
+    rng = np.random.default_rng(0)
+    x = rng.random((2, *tokens)).astype(np.float32)
+    return EvalResult(
+        {"masked_mse": 0.01},
+        "mae",
+        reconstructions={"original": x, "masked": rng.random((2, tokens[0])) > 0.5, "composite": x},
+        modalities={name: tokens},
+        layout={name: layout},
+    )
+
+
+def test_reconstructions_of_a_non_square_rgb_image_are_drawn_at_its_height_and_width():
+    # 60x80 RGB: 4,800 tokens (not a square number; was drawn as a waveform).
+    spec = {"kind": "image", "shape": [4800, 3], "height": 60, "width": 80, "channels": 3}
+    fig = reconstruction_figure(_mae_result((4800, 3), spec))
+    for ax in fig.axes:
+        assert ax.images and ax.images[0].get_array().shape == (60, 80, 3)
+    plt.close(fig)
+    # 16x64 grey: 1,024 tokens, a square number (was drawn as 32x32).
+    spec = {"kind": "image", "shape": [1024, 1], "height": 16, "width": 64, "channels": 1}
+    fig = reconstruction_figure(_mae_result((1024, 1), spec))
+    assert {ax.images[0].get_array().shape for ax in fig.axes} == {(16, 64)}
+    plt.close(fig)
+
+
+def test_reconstructions_of_audio_are_drawn_as_a_waveform_in_seconds():
+    # 40,000 samples at 16 per token: 2,500 tokens (a square: was drawn as a 50x50 image).
+    spec = {"kind": "audio", "shape": [2500, 16], "length": 40000, "sample_rate": 44100}
+    fig = reconstruction_figure(_mae_result((2500, 16), spec, "audio"))
+    for ax in fig.axes:
+        assert not ax.images
+        t = ax.lines[0].get_xdata()
+        assert len(t) == 40000 and t[-1] == pytest.approx(39999 / 44100)
+    plt.close(fig)
+
+
+def test_reconstructions_of_video_are_drawn_as_frames_side_by_side():
+    spec = {"kind": "video", "shape": [480, 3], "frames": 8, "height": 6, "width": 10}
+    fig = reconstruction_figure(_mae_result((480, 3), spec, "video"))
+    assert {ax.images[0].get_array().shape for ax in fig.axes} == {(6, 40, 3)}  # 4 of 8 frames
+    plt.close(fig)
+
+
+def test_per_class_accuracy_and_iou_reach_the_report_and_the_metrics_csv(tmp_path):
+    cls = get_task("classification")
+    result = EvalResult({"top1": 0.0}, "classification", ["cat", "dog", "eel"])
+    # truth cat: 3 right, 1 called dog; truth dog: 1 of 2 right; no eel at all.
+    cls.summarize({"cm": torch.tensor([[3, 1, 0], [1, 1, 0], [0, 0, 0]])}, 6, result)
+    assert result.per_class["acc"][:2].tolist() == [0.75, 0.5]
+    assert result.per_class_metrics() == {"acc/cat": 0.75, "acc/dog": 0.5}
+    files = write_report(result, tmp_path / "cls")
+    md = files["markdown"].read_text()
+    assert "## Per class" in md and "| cat | 0.7500 |" in md and "| eel | n/a |" in md
+    table = pd.read_csv(files["metrics"])
+    assert table.loc[0, "acc/dog"] == pytest.approx(0.5)
+    seg = EvalResult(
+        {"mIoU": 0.5}, "segmentation", ["sky", "road"], per_class={"iou": np.array([0.7, 0.3])}
+    )
+    files = write_report(seg, tmp_path / "seg")
+    assert "| road | 0.3000 |" in files["markdown"].read_text()
+    assert pd.read_csv(files["metrics"]).loc[0, "iou/sky"] == pytest.approx(0.7)
+
+
+def test_training_evaluation_says_how_much_of_the_split_its_cap_let_it_read():
+    from hip.data.dataset import builtin_dataset
+    from hip.evaluate import Evaluator
+    from hip.model import create_task_model
+
+    data = builtin_dataset("digits")
+    model = create_task_model("classification", "tiny", dict(data.modalities), num_classes=10)
+    capped = Evaluator(data, "classification", split="test", batch_size=8, max_batches=2)
+    result = capped(model)
+    assert result.metrics["num_samples"] == 16
+    assert capped.coverage(result) == (
+        "evaluated 16 of 360 samples of 'test' (cap run.eval_batches=2; `hip evaluate` does "
+        "the full split)"
+    )
+    whole = Evaluator(data, "classification", split="test", batch_size=8, limit=16, max_batches=9)
+    assert whole.coverage(whole(model)) == "evaluated 16 of 16 samples of 'test'"

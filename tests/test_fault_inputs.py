@@ -69,7 +69,7 @@ HIP_CASES = [
     ("unknown-command", ["nope"], 2, "invalid choice: 'nope'"),
     ("unknown-option", ["pretrain", "--bogus"], 2, "unrecognized arguments: --bogus"),
     ("shard-unknown-source", ["shard", "--source", "nope", "--output", "x"], 2, "invalid choice"),
-    ("shard-no-output", ["shard", "--source", "digits"], 2, "--source and --output are required"),
+    ("shard-no-output", ["shard", "--source", "digits"], 2, "--output is required"),
     ("shard-int-arg", ["shard", "--source", "digits", "--output", "{T}/o", "--max-count", "x"], 2,
      "invalid int value: 'x'"),
     ("shard-max-count-0", ["shard", "--source", "digits", "--output", "{T}/o", "--max-count", "0"],
@@ -99,7 +99,7 @@ HIP_CASES = [
      "unknown config key 'foo'"),
     ("finetune-unknown-benchmark", ["finetune", "--benchmark", "mnistt"], 2,
      "unknown benchmarks config 'mnistt' (did you mean 'mnist'?)"),
-    ("finetune-no-benchmark", ["finetune"], 2, "give --benchmark NAME"),
+    ("finetune-no-benchmark", ["finetune"], 2, "give --data MANIFEST (your own shards), --benchmark NAME"),
     # config keys, types and values
     ("override-unknown-key", ["pretrain", "optim.lrr=1"], 2, "did you mean 'optim.lr'?"),
     ("override-not-key-value", ["pretrain", "novalue"], 2, "key=value"),
@@ -216,7 +216,7 @@ def test_odd_image_modes_are_converted_not_corrupted(world):
          for v in b["inputs"]["image"][:, 0, 0]}
     )  # fmt: skip
     assert values == pytest.approx([0.0, (20000 >> 8) / 255, (40000 >> 8) / 255])
-    # mixed sizes: the odd ones are skipped and reported, never a crash
+    # mixed sizes, no --resize: none is dropped, all take the most common size (ties: the larger)
     m = shard("imagefolder", t / "mixed", t / "modes_mixed", "train")
-    assert m.splits["train"].num_samples == 2
-    assert all("differs from the first" in s["reason"] for s in m.splits["train"].skipped)
+    assert m.splits["train"].num_samples == 6 and not m.splits["train"].skipped
+    assert m.splits["train"].options["resize"] == [6, 8]

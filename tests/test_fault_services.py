@@ -178,6 +178,42 @@ def test_s3_stopped_mid_multipart_upload_retries_then_succeeds(s3env):
     assert keys == ["big.bin"]  # the temporary key is gone
 
 
+def test_s3_restarted_during_a_checkpoint_upload_loses_no_step_and_no_checkpoint(s3env, tmp_path):
+    """weed killed while the step-2 checkpoint is being uploaded, back 1 s later: the upload is
+    retried, training runs to the end with the losses of an undisturbed run, both checkpoints
+    load (CRC checked) and no temporary key is left behind."""
+    from hip import checkpoint as ckpt
+    from hip.config import load_config
+
+    bucket = s3env.make_bucket()
+    where = f"s3://{bucket}/run/checkpoints"
+    args = [
+        f"run.out={tmp_path}", "optim.total_steps=4", "run.checkpoint_every=2",
+        "data.batch_size=8", "run.eval_batches=1", "run.progress=false", "tracking.enabled=false",
+        "run.resume=never",
+    ]  # fmt: skip
+    ref = trainer.train(
+        load_config("pretrain", "tiny_digits", [*args, f"run.checkpoint_dir={where}-ref"])
+    )
+    state = _kill_during(s3env, "PutObject", "step-00000002.pt.tmp-", 1.0, storage.S3Config())
+    try:
+        out = trainer.train(
+            load_config("pretrain", "tiny_digits", [*args, f"run.checkpoint_dir={where}"])
+        )
+    finally:
+        state["unregister"]()
+    assert "killed" in state and state["done"].wait(60)
+    assert [r["loss"] for r in out.history] == [r["loss"] for r in ref.history]
+    assert ckpt.list_checkpoints(where) == [
+        f"{where}/step-00000002.pt",
+        f"{where}/step-00000004.pt",
+    ]
+    for path in ckpt.list_checkpoints(where):
+        assert ckpt.load(path)["step"] in (2, 4)
+    keys = [o["Key"] for o in s3env.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert not [k for k in keys if ".tmp-" in k]
+
+
 def test_s3_down_during_sharding_fails_cleanly_then_resumes(s3env):
     """weed killed during the second shard's upload and kept down: a clear error, no manifest
     entry for a missing object; after the restart the same command completes and verifies."""

@@ -621,6 +621,9 @@ def test_stack_and_compose_describe_the_same_services(tmp_path, monkeypatch) -> 
             assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
         if name == "prefect":
             assert "analytics-off" in ours_flags and "analytics-off" in their_flags
+            # concurrency leases on disk in both, so a server restart keeps running flows
+            lease = svc["environment"][stack.LEASE_STORAGE_ENV]
+            assert env[stack.LEASE_STORAGE_ENV] == lease == stack.LEASE_STORAGE
         if name in stack.WORKERS:
             assert ours_flags["pool"] == their_flags["pool"] == stack.WORKERS[name]
             assert ours_flags["type"] == their_flags["type"] == "process"

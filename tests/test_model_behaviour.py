@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from hip.model import MAE, MAEConfig, create_model, create_task_model, load_pretrained
+from hip.model import (
+    MAE,
+    MAEConfig,
+    create_model,
+    create_task_model,
+    load_pretrained,
+    summarize_load,
+)
 from hip.model.blocks import regroup
 from hip.model.grouping import assign_groups, group, plan_groups, ungroup
 from hip.model.layers import Attention
@@ -248,6 +255,24 @@ def test_heads_load_mae_weights_and_train(task, mnist_tokens):
     assert head.backbone.blocks[0].latents.grad is not None
     if task != "segmentation":
         assert len(head.backbone.blocks) == 3  # encoder + processor only
+
+
+def test_loading_mae_weights_sorts_every_tensor_into_matched_skipped_or_new():
+    mods = {"image": (64, 3)}
+    mae = MAE(create_model("tiny", mods))
+    head = create_task_model("classification", "tiny", mods, num_classes=3)
+    state = {**mae.state_dict(), "extra.not_hip": torch.zeros(1)}
+    summary = summarize_load(head, state, load_pretrained(head, state))
+    counts = summary.counts()
+    # every model tensor is either loaded or new; every checkpoint tensor loaded or skipped
+    assert counts["matched"] + counts["new"] == len(head.state_dict())
+    skipped = counts["not_in_model"] + counts["shape_mismatch"] + counts["left_fresh"]
+    assert counts["matched"] + skipped == len(state)
+    assert "extra.not_hip" in summary.not_in_model  # outside the HiP
+    assert any(k.startswith("blocks.3.") for k in summary.not_in_model)  # MAE decoder: no place
+    assert any(not k.startswith("backbone.") for k in summary.new)  # the classifier head
+    assert "backbone.pos.image" not in summary.new and "pos.image" in summary.matched
+    assert f"{counts['matched']} tensors matched" in summary.line()
 
 
 def test_load_pretrained_refuses_a_mismatched_checkpoint():

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
 
 from tests.needs import need
+from tests.procs import processes_mentioning, wait_for
 from tests.test_deployments import _api, _prefect
 from tests.test_infra import _free_ports, _run, _stack_env
 
@@ -127,7 +129,13 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory):
                 )
             )
             hosts[pool] = folder
-        yield {"services": services, "deployer": deployer, "hosts": hosts, "root": root}
+        yield {
+            "services": services,
+            "deployer": deployer,
+            "hosts": hosts,
+            "root": root,
+            "stack_env": stack_env,
+        }
     finally:
         for w in workers:
             with __import__("contextlib").suppress(ProcessLookupError):
@@ -180,6 +188,10 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     run_id = next(
         line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line
     )
+    # Mid-flow, while the gpu host trains and the pipeline waits for it, the Prefect server
+    # restarts (same database, same port): both ride it out.
+    wait_for(lambda: _stage_state(api, prefix, "pretrain") == "RUNNING", 600, "pretraining")
+    _restart_prefect(two_hosts["stack_env"])
     run = _wait_flow_run(api, run_id, 900, hosts)
     logs = _api(f"{api}/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})
     assert run["state"]["type"] == "COMPLETED", (
@@ -199,6 +211,14 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     pools = {stage: r["work_pool_name"] for stage, r in stage_runs.items()}
     assert pools == {"shard": "cpu", "pretrain": "gpu", "finetune": "gpu", "evaluate": "cpu"}
     assert all(r["state"]["type"] == "COMPLETED" for r in stage_runs.values())
+    retried = [
+        f"{r['parameters']['stage']}: {r['state']['type']} {(r['state']['message'] or '')[-500:]}"
+        for r in runs
+        if r.get("deployment_id") and r["parameters"].get("parent_run_id")
+        and r["state"]["type"] != "COMPLETED"
+    ]  # fmt: skip
+    if retried:  # allowed (stage_retries=1), but worth seeing in the test report
+        warnings.warn(f"stage runs retried after the restart: {retried}", stacklevel=1)
     assert run["work_pool_name"] == "cpu"
 
     # Every run is on the MLflow server, in one experiment, in one tree under the parent.
@@ -271,3 +291,100 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     gpu_files, cpu_files = _files(hosts["gpu"]), _files(hosts["cpu"])
     assert not any(f.endswith(".pt") for f in cpu_files)
     assert not any(f.endswith(".tar") for f in gpu_files | cpu_files)
+
+
+def _s3_keys(services: dict[str, str], prefix: str) -> set[str]:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=services["AWS_ENDPOINT_URL"],
+        aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=services["HIP_S3_BUCKET"], Prefix=prefix + "/"
+    )
+    return {o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", [])}
+
+
+def _checkpoints(services: dict[str, str], prefix: str) -> set[str]:
+    keys = _s3_keys(services, prefix)
+    return {k for k in keys if k.startswith("runs/pretrain/checkpoints/step-")}
+
+
+@pytest.mark.slow
+def test_cancelling_a_pipeline_cancels_its_running_stage_and_kills_its_mlflow_runs(two_hosts):
+    """The pipeline is cancelled while the gpu host trains: the stage run it waits for is
+    cancelled with it, training stops, and the MLflow parent and child runs end KILLED."""
+    import mlflow
+
+    services, hosts = two_hosts["services"], two_hosts["hosts"]
+    api = services["PREFECT_API_URL"]
+    prefix = f"cancel-{uuid.uuid4().hex[:8]}"
+    experiment = f"{EXPERIMENT}-cancel"
+    overrides = [
+        f"work_dir=s3://{services['HIP_S3_BUCKET']}/{prefix}",
+        "datasets.0.options={limit: 40, max_count: 150}",
+        "pretrain.overrides=[optim.total_steps=100000,run.checkpoint_every=5,data.batch_size=8]",
+        f"experiment={experiment}",
+    ]
+    out = _prefect(
+        two_hosts["deployer"],
+        "deployment",
+        "run",
+        "hip/pipeline",
+        "--param",
+        f"overrides={json.dumps(overrides)}",
+    )
+    run_id = next(
+        line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line
+    )
+    wait_for(lambda: _checkpoints(services, prefix), 600, "a pretraining checkpoint")
+    pretrain = _stage_run(api, prefix, "pretrain")
+    assert pretrain and pretrain["state"]["type"] == "RUNNING"
+
+    _api(f"{api}/flow_runs/{run_id}/set_state", {"state": {"type": "CANCELLING"}})
+    final = _wait_flow_run(api, run_id, 300, hosts)
+    assert final["state"]["type"] == "CANCELLED", final["state"]
+    # Prefect 3.9 ends a run whose process is stopped inside a running task (here: training)
+    # Crashed ("aborted by a termination signal"), not Cancelled; either way it is final.
+    stage = _wait_flow_run(api, pretrain["id"], 300, hosts)
+    assert stage["state"]["type"] in ("CANCELLED", "CRASHED"), stage["state"]
+    wait_for(lambda: not processes_mentioning(prefix), 120, "training to stop")
+    assert _stage_run(api, prefix, "finetune") is None  # nothing started after the cancel
+
+    client = mlflow.MlflowClient(services["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id])
+    assert {r.data.tags.get("hip.stage"): r.info.status for r in found} == {
+        "pipeline": "KILLED",
+        "pretrain": "KILLED",
+    }
+
+
+def _stage_run(api: str, prefix: str, stage: str) -> dict | None:
+    """The newest flow run of `hip/<stage>` that a pipeline with work_dir .../`prefix` started."""
+    runs = _api(f"{api}/flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC"})
+    mine = [
+        r
+        for r in runs
+        if r["parameters"].get("stage") == stage
+        and r["parameters"].get("parent_run_id")
+        and (r["parameters"].get("config") or {}).get("work_dir", "").endswith("/" + prefix)
+    ]
+    return mine[-1] if mine else None
+
+
+def _stage_state(api: str, prefix: str, stage: str) -> str | None:
+    run = _stage_run(api, prefix, stage)
+    return run["state"]["type"] if run else None
+
+
+def _restart_prefect(stack_env: dict[str, str]) -> None:
+    stopped = _run(stack_env, "stop", "prefect", timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    time.sleep(3)  # down for a moment: clients see connection errors
+    started = _run(stack_env, "start", "prefect", timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr

@@ -7,12 +7,22 @@ import sys
 from typing import Any
 
 from hip.data.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, shard, verify
-from hip.data.sources import AUDIO_PRESETS, DEFAULT_SHUFFLE_SEED, IMAGE_PRESETS, SOURCES
+from hip.data.sources import (
+    AUDIO_PRESETS,
+    DEFAULT_SHUFFLE_SEED,
+    IMAGE_PRESETS,
+    SOURCES,
+    detect_source,
+)
 
 EPILOG = """examples:
   hip shard --source imagefolder --input data/mnist/train --output shards/mnist --split train
   hip shard --source audiofolder --preset fsdd --input data/fsdd --split test --output s3://bucket/fsdd
   hip shard --source mnist5k --split train --output shards/mnist5k --max-count 1000 --seed 0
+  hip shard --source segfolder --input data/camvid --split train --output shards/camvid \
+      --ignore-label 11 --label-names sky,building,pole,road,pavement,tree,sign,fence,car,person,bike
+  hip shard --source segfolder --images data/x/img --labels data/x/lab --output shards/x
+  hip shard --input data/my_photos --output shards/photos   # source type told from the layout
   hip shard verify shards/mnist
 """
 
@@ -37,7 +47,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "path", nargs="?", help="verify: the shard directory, s3:// prefix or manifest.json"
     )
-    p.add_argument("--source", choices=sorted(SOURCES), help="source type")
+    p.add_argument(
+        "--source",
+        choices=sorted(SOURCES),
+        help="source type (default: told from the --input folder's layout)",
+    )
     p.add_argument("--input", help="input folder / CSV (not needed for mnist5k, digits)")
     p.add_argument("--output", help="output directory or s3://bucket/prefix")
     p.add_argument(
@@ -74,7 +88,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resize", help="images: N or HxW (resize to cover, then center crop)")
     p.add_argument("--channels", type=int, choices=[1, 3], help="images: 1 grey or 3 RGB")
     p.add_argument(
-        "--image-format", choices=["png", "jpeg"], default=None, help="stored image encoding"
+        "--image-format",
+        choices=["auto", "png", "jpeg"],
+        default=None,
+        help="stored image encoding (default auto: JPEG inputs stay JPEG, unchanged ones byte "
+        "for byte; the rest PNG)",
     )
     p.add_argument("--sample-rate", type=int, help="audio: resample to this rate")
     p.add_argument("--clip-seconds", type=float, help="audio: pad with silence / crop to S seconds")
@@ -106,6 +124,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--mask-mode", choices=["auto", "binary", "index"], default=None, help="segfolder masks"
     )
+    p.add_argument(
+        "--images", help="segfolder: folder of images (with --labels; instead of --input)"
+    )
+    p.add_argument("--labels", help="segfolder: folder of index-PNG labels named as the images")
+    p.add_argument(
+        "--ignore-label",
+        type=int,
+        help="segmentation: label value that counts in no class (stored as 255), e.g. 11",
+    )
+    p.add_argument(
+        "--label-names",
+        help="segmentation: class names by label value, a,b,c or a file with one per line "
+        "(default class_0, class_1, ...)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run)
 
@@ -113,7 +145,8 @@ def register(subparsers: Any) -> None:
 _OPTION_KEYS = [
     "limit", "resize", "channels", "image_format", "sample_rate", "clip_seconds", "audio_length",
     "audio_crop", "fps", "video_size", "pattern", "split_pattern", "preset", "segments_csv",
-    "class_index_csv", "mask_mode", "audio_samples_per_token",
+    "class_index_csv", "mask_mode", "audio_samples_per_token", "images", "labels",
+    "ignore_label", "label_names",
 ]  # fmt: skip
 
 
@@ -141,9 +174,18 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not args.source or not args.output:
-        print("hip shard: error: --source and --output are required", file=sys.stderr)
+    if args.source is None and (args.images or args.labels):
+        args.source = "segfolder"
+    if not args.output:
+        print("hip shard: error: --output is required", file=sys.stderr)
         return 2
+    if args.source is None:
+        if not args.input:
+            print("hip shard: error: give --input PATH (or --source NAME)", file=sys.stderr)
+            return 2
+        args.source, why = detect_source(args.input, args.split or "train")
+        if not args.quiet:
+            print(f"source: {args.source} ({why}; --source to choose)", flush=True)
     options = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k) is not None}
     log = None if args.quiet else (lambda msg: print(msg, flush=True))
     split = args.split or "train"
@@ -157,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
         f"{split}: {info.num_samples} samples, {len(info.shards)} shard(s), "
         f"{len(info.skipped)} skipped -> {args.output}"
     )
+    if args.quiet:  # otherwise the log said it already
+        for note in info.options.get("defaults", []):
+            print(f"  {note}")
     for s in info.skipped[:20]:
         print(f"  skipped {s['input']}: {s['reason']}")
     return 0

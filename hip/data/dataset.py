@@ -50,6 +50,10 @@ class Dataset:
     arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     manifest_path: str | None = None
     skip_corrupt: bool = False  # evaluation: skip (warn) corrupt samples instead of raising
+    # What each modality's [M, C] tokens are (kept in checkpoints, read by the report's
+    # figures): {name: {"kind": image|audio|video|..., "shape": [M, C], "height": ...}}.
+    layout: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ignore_index: int = IGNORE_INDEX  # segmentation: the mask value that is not scored
     # Training shard loaders by their settings: reused epoch after epoch, so their worker
     # processes persist (only the seed changes between epochs).
     _loaders: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -203,6 +207,24 @@ class Dataset:
             yield batch
 
 
+LAYOUT_KEYS = (
+    "height", "width", "channels", "frames", "fps", "length", "sample_rate", "samples_per_token",
+)  # fmt: skip
+
+
+def modality_layout(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The kind and geometry of one modality from its manifest entry (plain types only)."""
+    out: dict[str, Any] = {
+        "kind": str(spec.get("kind") or name),
+        "shape": [int(v) for v in spec["shape"]],
+    }
+    for key in LAYOUT_KEYS:
+        if spec.get(key) is not None:
+            value = spec[key]
+            out[key] = float(value) if isinstance(value, float) else int(value)
+    return out
+
+
 def check_labels(batch: dict[str, Any], task: str, num_classes: int, where: str) -> None:
     """Raise LabelRangeError when a batch's labels do not fit `num_classes` (0: unknown, no check).
 
@@ -259,8 +281,18 @@ def builtin_dataset(name: str) -> Dataset:
             entry["label"] = multi
             task, names = "multilabel", digits_names + ["even", "odd"]
         arrays[split] = entry
+    side = PACKAGE_DIGITS[base][1]
     return Dataset(
         name=name,
+        layout={
+            "image": {
+                "kind": "image",
+                "shape": [m, 1],
+                "height": side,
+                "width": side,
+                "channels": 1,
+            }
+        },
         modalities={"image": (m, 1)},
         task=task,
         label_names=names,
@@ -304,7 +336,10 @@ def manifest_dataset(path: str, audio_samples_per_token: int | None = None) -> D
     kinds = sorted(
         {str(info.source.get("type")) for info in manifest.splits.values() if info.source}
     )
+    mask = (manifest.targets or {}).get("mask") or {}
     return Dataset(
+        layout={k: modality_layout(k, info) for k, info in manifest.modalities.items()},
+        ignore_index=int(mask.get("ignore_index", IGNORE_INDEX)),
         name="+".join(kinds) if kinds else str(path),
         modalities=mods,  # type: ignore[arg-type]
         task=str(manifest.task or "classification"),

@@ -35,6 +35,7 @@ import multiprocessing
 import re
 import tarfile
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -55,9 +56,12 @@ from hip.data.manifest import (
 )
 from hip.data.sources import (
     DEFAULT_SHUFFLE_SEED,
+    IMAGE_EXTS,
     Item,
     Source,
     SourceOptions,
+    is_grey,
+    names_without_ignored,
     open_source,
     shuffled,
     with_image_preset,
@@ -117,7 +121,7 @@ def _spec(raw: dict[str, np.ndarray], opts: SourceOptions) -> dict[str, dict[str
         m, c2 = image_to_tokens(raw["image"]).shape
         spec["image"] = {
             "shape": [m, c2], "dtype": "float32", "stored_dtype": "uint8",
-            "encoding": "jpeg" if opts.image_format == "jpeg" else "png",
+            "encoding": _image_encoding(opts),
             "height": h, "width": w, "channels": c, "range": [0.0, 1.0],
         }  # fmt: skip
     if "audio" in raw:
@@ -139,16 +143,23 @@ def _spec(raw: dict[str, np.ndarray], opts: SourceOptions) -> dict[str, dict[str
     return spec
 
 
+def _image_encoding(opts: SourceOptions) -> str:
+    """How images are stored: `jpeg` (also `auto` once resolved for mostly-JPEG inputs) or `png`."""
+    return "jpeg" if opts.image_format in {"jpeg", "auto"} else "png"
+
+
 def _encode(
     item: Item, raw: dict[str, np.ndarray], task: str, opts: SourceOptions
 ) -> list[tuple[str, bytes]]:
     k = item.key
     members: list[tuple[str, bytes]] = []
     if "image" in raw:
-        enc = _jpeg if opts.image_format == "jpeg" else _png
-        members.append(
-            (f"{k}.image.{'jpg' if opts.image_format == 'jpeg' else 'png'}", enc(raw["image"]))
-        )
+        if _image_encoding(opts) == "png":
+            members.append((f"{k}.image.png", _png(raw["image"])))
+        elif opts.image_format == "auto" and "_jpeg" in raw:  # the JPEG file as it is
+            members.append((f"{k}.image.jpg", raw["_jpeg"].tobytes()))
+        else:
+            members.append((f"{k}.image.jpg", _jpeg(raw["image"])))
     if "mask" in raw:
         members.append((f"{k}.mask.png", _png(raw["mask"])))
     if "audio" in raw:
@@ -383,10 +394,24 @@ class _Stats:
 AUDIO_SOURCES = ("audiofolder", "audioset", "csv")
 
 
+# Options added in issue 15: recorded (manifest, fingerprint) only when set, so shards made
+# before them keep their manifest bytes and fingerprint.
+_NEW_OPTIONS = ("ignore_label", "label_names", "images", "labels")
+
+
+def _recorded_options(opts: SourceOptions) -> dict[str, Any]:
+    """The options as the manifest records them (options added later left out while unset)."""
+    options = dataclasses.asdict(opts)
+    for key in _NEW_OPTIONS:
+        if options[key] is None:
+            del options[key]
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
 def _fingerprint(
     src: Source, opts: SourceOptions, split: str, max_count: int, max_bytes: int, seed: int | None
 ) -> str:
-    options = dataclasses.asdict(opts)
+    options = _recorded_options(opts)
     # Added in issue 16: left out where it cannot matter (no audio, default value) so image
     # shards made before it keep their fingerprint and are not re-sharded.
     if src.type not in AUDIO_SOURCES and opts.audio_samples_per_token == AUDIO_SAMPLES_PER_TOKEN:
@@ -467,14 +492,33 @@ def _check_options(
     for k in ("resize", "video_size"):
         if k in options:
             options[k] = _parse_size(options[k])
+    if "label_names" in options:
+        options["label_names"] = _parse_label_names(options["label_names"])
     opts = SourceOptions(**options)
-    if opts.image_format not in {"png", "jpeg"}:
-        raise UserError(f"--image-format must be png or jpeg, not {opts.image_format!r}")
+    if opts.image_format not in {"auto", "png", "jpeg"}:
+        raise UserError(f"--image-format must be auto, png or jpeg, not {opts.image_format!r}")
+    if opts.ignore_label is not None and not 0 <= int(opts.ignore_label) <= 255:
+        raise UserError(f"--ignore-label must be a mask value 0..255, not {opts.ignore_label}")
     if max_count < 1 or max_bytes < 1:
         raise UserError("--max-count and --max-bytes must be positive")
     if not re.fullmatch(r"[A-Za-z0-9_]+", split):
         raise UserError(f"split name must be letters, digits or _, not {split!r}")
     return opts
+
+
+def _parse_label_names(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """`a,b,c`, a file with one name per line, or a list -> the names (a UserError if empty)."""
+    if isinstance(value, (list, tuple)):
+        names = [str(v).strip() for v in value]
+    elif "," not in value and Path(value).is_file():
+        names = [ln.strip() for ln in Path(value).read_text().splitlines() if ln.strip()]
+    else:
+        names = [v.strip() for v in value.split(",")]
+    if not names or not all(names):
+        raise UserError(
+            f"--label-names: give names as a,b,c or a file of one per line, not {value!r}"
+        )
+    return names
 
 
 def _read_existing(manifest_uri: str, output: str, s3: storage.S3Config | None) -> Manifest | None:
@@ -508,7 +552,92 @@ def _up_to_date(entry: SplitInfo | None, fp: str, output: str, s3: storage.S3Con
 _LAST_ITEMS: tuple[str, list[Item]] | None = None
 
 PLAN_SAMPLES = 16  # readable samples decoded to fix the reference spec and the bytes per sample
+EARLY_FAIL_TRIES = 24  # _layout stops early when this many of its first inputs fail, and > 75%
+MAX_SKIPPED_FRACTION = 0.5  # a split that skips more of its inputs than this is an error
 _LAYOUT = 2  # progress-file format: one file per partition, one record per shard index
+
+
+def _too_many_skipped(what: str, skipped: list[dict[str, str]]) -> None:
+    """Raise the one-line UserError for a split that would drop most of its inputs."""
+    examples = "; ".join(f"{Path(s['input']).name}: {s['reason']}" for s in skipped[:3])
+    raise UserError(
+        f"{what} cannot be used, more than {MAX_SKIPPED_FRACTION:.0%} of its inputs: "
+        f"nothing written to the manifest (e.g. {examples})"
+    )
+
+
+def _mostly_jpeg(items: list[Item]) -> bool:
+    """Whether more than half the inputs are JPEG files (by name): `--image-format auto`."""
+    jpeg = sum(Path(i.origin).suffix.lower() in {".jpg", ".jpeg"} for i in items)
+    return 2 * jpeg > len(items)
+
+
+def _input_defaults(
+    src: Source, opts: SourceOptions, others: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Resize and channels for images that differ when --resize / --channels were not given.
+
+    A header scan (PIL reads only the file headers): sizes that differ are resized to cover
+    the most common size (ties: the larger) and centre-cropped, as `--resize` does; grey and
+    colour mixed become RGB. `others` (the image modality of other splits already in the
+    output) wins, so the splits of one output keep one shape.
+    """
+    if opts.resize is not None and opts.channels is not None:
+        return {}
+    sizes: Counter[tuple[int, int]] = Counter()
+    greys: Counter[bool] = Counter()
+    for item in src.items:
+        path = Path(item.origin)
+        if path.suffix.lower() not in IMAGE_EXTS:
+            continue
+        try:
+            with Image.open(path) as img:
+                sizes[(img.height, img.width)] += 1
+                greys[is_grey(img.mode)] += 1
+        except Exception:  # noqa: BLE001, S112 - unreadable: reported when it is loaded
+            continue
+    out: dict[str, Any] = {"notes": []}
+    n = sum(sizes.values())
+    if opts.resize is None and sizes:
+        (h, w), count = max(sizes.items(), key=lambda kv: (kv[1], kv[0][0] * kv[0][1], kv[0]))
+        if others and (len(sizes) > 1 or (h, w) != (others["height"], others["width"])):
+            h, w = others["height"], others["width"]
+            out["resize"] = [h, w]
+            out["notes"].append(
+                f"images are {len(sizes)} size(s), the output's other splits {h}x{w}: each "
+                f"image is resized to cover {h}x{w} and centre-cropped (no --resize given)"
+            )
+        elif len(sizes) > 1:
+            out["resize"] = [h, w]
+            out["notes"].append(
+                f"images differ in size ({len(sizes)} sizes; {count} of {n} are {h}x{w}): each "
+                f"image is resized to cover {h}x{w} and centre-cropped (no --resize given)"
+            )
+    if opts.channels is None and greys:
+        grey_here = next(iter(greys)) if len(greys) == 1 else None
+        if others and (grey_here is None or (others["channels"] == 1) != grey_here):
+            out["channels"] = int(others["channels"])
+            out["notes"].append(
+                f"images stored with {out['channels']} channel(s) as the output's other splits"
+            )
+        elif grey_here is None:
+            out["channels"] = 3
+            out["notes"].append(
+                f"grey and colour images mixed ({greys[True]} grey of {n}): all stored as RGB "
+                "(no --channels given)"
+            )
+    return out if out["notes"] else {}
+
+
+def _resolve(opts: SourceOptions, defaults: dict[str, Any]) -> SourceOptions:
+    """`opts` with the choices made for what the user left out (the source's loaders share it)."""
+    if "image_format" in defaults:
+        opts.image_format = defaults["image_format"]
+    if "resize" in defaults:
+        opts.resize = (int(defaults["resize"][0]), int(defaults["resize"][1]))
+    if "channels" in defaults:
+        opts.channels = int(defaults["channels"])
+    return opts
 
 
 @dataclasses.dataclass
@@ -537,6 +666,10 @@ class ShardPlan:
     source_type: str = ""
     description: dict[str, Any] = dataclasses.field(default_factory=dict)
     listing_skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    # Options the user left out, chosen from the inputs (`_input_defaults`): `resize`,
+    # `channels`, `notes` saying why (logged, kept in the split's manifest options), and
+    # `image_format` png when `auto` meets inputs that are not mostly JPEG files.
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     done: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     current: Manifest | None = None
 
@@ -613,15 +746,22 @@ def _layout(
     the inputs and options alone, never of the number of workers.
     """
     spec, largest, seen = None, 0, 0
+    failed: list[dict[str, str]] = []
     for item in items:
         loaded = _load_item(item, task, opts)
         if isinstance(loaded, str):
-            continue
-        _, s, enc = loaded
-        spec = spec or s
-        if s == spec:
-            largest = max(largest, sum(_member_bytes(len(d)) for _, d in enc))
-            seen += 1
+            failed.append({"input": item.origin, "reason": loaded})
+        else:
+            _, s, enc = loaded
+            spec = spec or s
+            if s == spec:
+                largest = max(largest, sum(_member_bytes(len(d)) for _, d in enc))
+                seen += 1
+            else:
+                failed.append({"input": item.origin, "reason": "shape/format differs"})
+        if len(failed) >= EARLY_FAIL_TRIES and len(failed) > 3 * seen:
+            # Most of the head of the shuffled order is unusable: say so before the full pass.
+            _too_many_skipped(f"{len(failed)} of the first {len(failed) + seen} inputs", failed)
         if seen >= PLAN_SAMPLES:
             break
     per_shard = max_count if not largest else max(1, min(max_count, max_bytes // largest))
@@ -655,6 +795,25 @@ def plan_shards(
     items = shuffled(src.items, seed)
     if not items:
         raise UserError(f"{source}: no inputs found for split {split!r} in {input}")
+    if src.task != "segmentation" and (opts.ignore_label is not None or opts.label_names):
+        raise UserError(
+            f"{source}: --ignore-label / --label-names are for segmentation sources (segfolder, voc)"
+        )
+    total = len(items) + len(src.skipped)
+    if len(src.skipped) > MAX_SKIPPED_FRACTION * total:
+        _too_many_skipped(f"{len(src.skipped)} of {total} inputs of split {split!r}", src.skipped)
+    old = _read_existing(storage.join(output, MANIFEST), output, s3)
+    others = None
+    if old is not None and set(old.splits) - {split}:
+        others = old.modalities.get("image")
+    defaults = _input_defaults(src, opts, others)
+    if opts.image_format == "auto" and not _mostly_jpeg(src.items):
+        defaults["image_format"] = "png"  # the same bytes (and manifest) as an explicit png
+    opts = _resolve(opts, defaults)
+    if opts.label_names is not None:
+        src.label_names = names_without_ignored(opts.label_names, opts.ignore_label)
+    for note in defaults.get("notes", []):
+        log(f"{split}: {note}")
     fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
     global _LAST_ITEMS
     _LAST_ITEMS = (fp, items)  # partitions written in this process need not list the inputs again
@@ -663,11 +822,10 @@ def plan_shards(
         options=dict(options), max_count=max_count, max_bytes=max_bytes, seed=seed,
         fingerprint=fp, num_items=len(items), task=src.task, label_names=list(src.label_names),
         source_type=src.type, description=dict(src.description),
-        listing_skipped=list(src.skipped),
+        listing_skipped=list(src.skipped), defaults=defaults,
     )  # fmt: skip
     for stale in remove_stale_temp(output, split, s3):
         log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
-    old = _read_existing(storage.join(output, MANIFEST), output, s3)
     if old is not None and _up_to_date(old.splits.get(split), fp, output, s3):
         log(f"{split}: up to date ({len(old.splits[split].shards)} shards verify)")
         if not storage.is_s3(output):  # a run killed after its manifest left these behind
@@ -759,8 +917,10 @@ def write_partition(
     opts = _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes)
     if _LAST_ITEMS is not None and _LAST_ITEMS[0] == plan.fingerprint:
         items = _LAST_ITEMS[1]  # planned in this process: the listing is a moment old
+        opts = _resolve(opts, plan.defaults)
     else:
         src = open_source(plan.source, plan.input, plan.split, opts)
+        opts = _resolve(opts, plan.defaults)
         if _fingerprint(src, opts, plan.split, plan.max_count, plan.max_bytes, plan.seed) != (
             plan.fingerprint
         ):
@@ -800,17 +960,25 @@ def _split_entry(plan: ShardPlan, done: list[dict[str, Any]], now: str) -> Split
         raise UserError(
             f"{plan.source}: no readable samples for split {plan.split!r} (e.g. {reasons})"
         )
-    opts = _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes)
+    total = plan.num_items + len(plan.listing_skipped)
+    if len(all_skipped) > MAX_SKIPPED_FRACTION * total:
+        what = f"{len(all_skipped)} of {total} inputs of split {plan.split!r}"
+        _too_many_skipped(what, all_skipped)
+    opts = _resolve(
+        _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes), plan.defaults
+    )
+    defaults = {"defaults": plan.defaults["notes"]} if plan.defaults.get("notes") else {}
     return SplitInfo(
         num_samples=sum(s.count for s in shards),
         shards=shards,
         skipped=all_skipped,
         source={"type": plan.source_type, "input": plan.input, **plan.description},
         options={
-            **dataclasses.asdict(opts),
+            **_recorded_options(opts),
             "max_count": plan.max_count,
             "max_bytes": plan.max_bytes,
             "seed": plan.seed,
+            **defaults,
         },
         fingerprint=plan.fingerprint,
         created=now,
@@ -826,8 +994,17 @@ def _new_manifest(plan: ShardPlan, done: list[dict[str, Any]], now: str) -> Mani
         if "stats" in r:
             total.merge(r["stats"])
     label_names = list(plan.label_names)
+    opts = _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes)
     if plan.task == "segmentation" and not label_names:
-        label_names = [str(i) for i in range(total.mask_max + 1)]
+        # the paired layout is new in issue 15: class_0, ...; the others keep 0, 1, ...
+        prefix = "class_" if plan.description.get("layout") == "paired" else ""
+        label_names = [f"{prefix}{i}" for i in range(total.mask_max + 1)]
+    elif plan.task == "segmentation" and total.mask_max >= len(label_names):
+        raise UserError(
+            f"{plan.source}: the labels of split {plan.split!r} hold class {total.mask_max} "
+            f"(after --ignore-label), but there are {len(label_names)} label names "
+            f"({', '.join(label_names[:5])}{', ...' if len(label_names) > 5 else ''})"
+        )
     modalities = json.loads(json.dumps(spec))
     if "image" in modalities and total.n:
         mean = [a / total.n for a in total.s]
@@ -841,6 +1018,8 @@ def _new_manifest(plan: ShardPlan, done: list[dict[str, Any]], now: str) -> Mani
         targets = {
             "mask": {"shape": [img["height"] * img["width"]], "dtype": "int64", "ignore_index": 255}
         }
+        if opts.ignore_label is not None:  # the value in the label files stored as 255
+            targets["mask"]["ignore_label"] = int(opts.ignore_label)
     return Manifest(
         format=FORMAT,
         tool="hip",
@@ -975,7 +1154,10 @@ def shard(
 
     `options` are SourceOptions fields (limit, resize, channels, image_format, sample_rate,
     clip_seconds, audio_length, audio_crop, fps, video_size, pattern, split_pattern, preset,
-    segments_csv, class_index_csv, mask_mode). Returns the manifest (with `root`).
+    segments_csv, class_index_csv, mask_mode, images, labels, ignore_label, label_names).
+    Images that differ in size or colour without `resize` / `channels` take the most common
+    size (and RGB), as logged and recorded in the split's options (`defaults`); a split that
+    would skip more than half its inputs is a UserError. Returns the manifest (with `root`).
     """
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}")

@@ -73,9 +73,9 @@ class SourceOptions:
     """Shard-time options shared by all sources (unused ones are ignored by a source)."""
 
     limit: int | None = None  # first N inputs per class (per source when there are no classes)
-    resize: tuple[int, int] | None = None  # (H, W): resize shorter side, then center crop
-    channels: int | None = None  # 1 (grey) or 3 (RGB); default: from the first image
-    image_format: str = "png"  # png (lossless) or jpeg
+    resize: tuple[int, int] | None = None  # (H, W): cover, center crop; sizes differ: most common
+    channels: int | None = None  # 1 (grey) or 3 (RGB); default: the images' (grey and colour: RGB)
+    image_format: str = "auto"  # auto (JPEG inputs stay JPEG, the rest PNG) | png | jpeg
     sample_rate: int | None = None  # resample audio to this rate
     clip_seconds: float | None = None  # fixed audio length in seconds (pad with 0 or crop)
     audio_length: int | None = None  # fixed audio length in samples (overrides clip_seconds)
@@ -91,6 +91,11 @@ class SourceOptions:
         None  # audioset: class index CSV (default INPUT/class_labels_indices.csv)
     )
     mask_mode: str = "auto"  # segfolder: index | binary (>=128 -> 1) | auto (binary if 0/255 only)
+    # Added in issue 15 (left out of manifests and fingerprints while None, see shards.py):
+    ignore_label: int | None = None  # segmentation: this mask value is ignored (stored as 255)
+    label_names: list[str] | None = None  # segmentation: class names by mask value
+    images: str | None = None  # segfolder: the image folder (with `labels`), instead of --input
+    labels: str | None = None  # segfolder: the label folder (same file names as the images)
 
 
 @dataclasses.dataclass
@@ -173,22 +178,48 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
+def is_grey(mode: str) -> bool:
+    """Whether a PIL image mode is stored as one channel (grey) when no --channels is given."""
+    return mode in {"L", "1", "I", "F"} or mode.startswith("I;16")
+
+
 def load_image(path: str | Path, opts: SourceOptions, channels: int | None = None) -> np.ndarray:
     """Image file -> uint8 `[H, W, C]` (resized/cropped as configured)."""
+    return load_image_file(path, opts, channels)["image"]
+
+
+def load_image_file(
+    path: str | Path, opts: SourceOptions, channels: int | None = None
+) -> dict[str, np.ndarray]:
+    """`{"image": uint8 [H, W, C]}`, plus `"_jpeg"` (the file's bytes) when they can be stored as is.
+
+    With `--image-format auto`, a JPEG file whose decoded pixels are exactly the image (no
+    resize, no channel change, L or RGB) is stored unchanged: no second lossy encoding.
+    """
     with Image.open(path) as img:
         img.load()
+        source_format, source_mode = img.format, img.mode
         img = _to_8bit(img)
         mode = {1: "L", 3: "RGB"}.get(channels or opts.channels or 0)
         if mode is None:
-            mode = "L" if img.mode in {"L", "1", "I;16", "I", "F"} else "RGB"
+            mode = "L" if is_grey(img.mode) else "RGB"
         img = img.convert(mode)
+        size = (img.height, img.width)
         img = _fit_image(img, opts.resize, Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
-    return arr[..., None] if arr.ndim == 2 else arr
+    out = {"image": arr[..., None] if arr.ndim == 2 else arr}
+    unchanged = source_mode == mode and (opts.resize is None or opts.resize == size)
+    if opts.image_format == "auto" and source_format == "JPEG" and unchanged:
+        out["_jpeg"] = np.frombuffer(Path(path).read_bytes(), np.uint8)
+    return out
 
 
 def load_mask(path: str | Path, opts: SourceOptions, binary: bool = False) -> np.ndarray:
-    """Mask PNG -> uint8 `[H, W]` class indices (palette indices kept; 255 = ignore)."""
+    """Mask PNG -> uint8 `[H, W]` class indices (palette indices kept; 255 = ignore).
+
+    `opts.ignore_label` N is stored as 255 and the classes above it move down by one, so the
+    stored classes are 0..K-1 with no gap (see `ignore_to_255`).
+    """
     with Image.open(path) as img:
         img.load()
         if img.mode not in {"P", "L"}:
@@ -197,7 +228,24 @@ def load_mask(path: str | Path, opts: SourceOptions, binary: bool = False) -> np
         arr = np.asarray(img, dtype=np.uint8)
     if binary:
         arr = (arr >= 128).astype(np.uint8)
-    return arr
+    return ignore_to_255(arr, opts.ignore_label)
+
+
+def ignore_to_255(mask: np.ndarray, ignore: int | None) -> np.ndarray:
+    """Mask values: `ignore` -> 255 (the ignore index), values above it (below 255) minus one."""
+    if ignore is None or ignore == 255:
+        return mask
+    out = mask.copy()
+    out[(mask > ignore) & (mask != 255)] -= 1
+    out[mask == ignore] = 255
+    return out
+
+
+def names_without_ignored(names: list[str], ignore: int | None) -> list[str]:
+    """Class names listed by mask value, less the ignored value's name (when the list has one)."""
+    if ignore is None or ignore == 255 or ignore >= len(names):
+        return list(names)
+    return names[:ignore] + names[ignore + 1 :]
 
 
 def _fit_length(wave_: np.ndarray, length: int | None, crop: str) -> np.ndarray:
@@ -374,7 +422,7 @@ def imagefolder(input: str, split: str, opts: SourceOptions) -> Source:
         files = _files(root / cls, IMAGE_EXTS)[: opts.limit]
         for f in files:
             items.append(
-                Item(f"{cls}/{f.stem}", label, lambda f=f: {"image": load_image(f, opts)}, str(f))
+                Item(f"{cls}/{f.stem}", label, lambda f=f: load_image_file(f, opts), str(f))
             )
     return Source(
         "imagefolder", "classification", classes, _unique_keys(items), {"root": str(root)}
@@ -395,31 +443,82 @@ def voc(input: str, split: str, opts: SourceOptions) -> Source:
         img, mask = root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png"
 
         def load(img: Path = img, mask: Path = mask) -> dict[str, np.ndarray]:
-            return {"image": load_image(img, opts, channels=3), "mask": load_mask(mask, opts)}
+            return _with_mask(load_image_file(img, opts, channels=3), load_mask(mask, opts), mask)
 
         items.append(Item(i, None, load, str(img)))
     desc = {"root": str(root), "split_file": str(ids_file)}
     return Source("voc", "segmentation", list(VOC_CLASSES), _unique_keys(items), desc)
 
 
-def segfolder(input: str, split: str, opts: SourceOptions) -> Source:
-    """`ROOT[/SPLIT]/{image,images}/X.png` with `{label,labels,mask,masks}/X.png` beside it."""
-    root = _split_dir(_need_dir(Path(input), "segfolder"), split)
-    img_dir = next((root / n for n in ("image", "images", "img") if (root / n).is_dir()), None)
-    mask_dir = next(
-        (root / n for n in ("label", "labels", "mask", "masks") if (root / n).is_dir()), None
-    )
-    if img_dir is None or mask_dir is None:
-        raise UserError(f"segfolder: need image/ and label/ (or mask/) folders in {root}")
+MASK_MODE_SAMPLES = 16  # segfolder --mask-mode auto: masks read to tell binary from index
+# Label folders beside an image folder `X`: `Xannot` (CamVid's train/trainannot), `X_labels`...
+LABEL_DIR_SUFFIXES = ("annot", "_annot", "_labels", "_label", "_masks", "_mask")
+
+
+def _with_mask(
+    loaded: dict[str, np.ndarray], mask: np.ndarray, mask_path: Path
+) -> dict[str, np.ndarray]:
+    """An image's arrays plus its mask; a ValueError when their sizes differ."""
+    h, w = loaded["image"].shape[:2]
+    if mask.shape != (h, w):
+        raise ValueError(
+            f"label {mask_path.name} is {mask.shape[0]}x{mask.shape[1]}, its image {h}x{w}"
+        )
+    return {**loaded, "mask": mask}
+
+
+def _paired_dirs(input: str | None, split: str, opts: SourceOptions) -> tuple[Path, Path] | None:
+    """(images, labels) folders of the paired layout, or None for `image/` + `label/` inside."""
+    if opts.images or opts.labels:
+        if not (opts.images and opts.labels):
+            raise UserError("segfolder: give both --images DIR and --labels DIR")
+        return (
+            _need_dir(Path(opts.images), "segfolder --images"),
+            _need_dir(Path(opts.labels), "segfolder --labels"),
+        )
+    root = _need_dir(Path(str(input)), "segfolder")
+    for img_dir in (root / split, root):
+        for suffix in LABEL_DIR_SUFFIXES:
+            label_dir = img_dir.parent / f"{img_dir.name}{suffix}"
+            if img_dir.is_dir() and label_dir.is_dir():
+                return img_dir, label_dir
+    return None
+
+
+def segfolder(input: str | None, split: str, opts: SourceOptions) -> Source:
+    """Images with index-PNG labels of the same file name, in one of two layouts.
+
+    Paired folders: `ROOT/SPLIT/X.png` with `ROOT/SPLITannot/X.png` (CamVid; also `_annot`,
+    `_labels`, `_masks`), or any two folders given as `images` / `labels`. Otherwise
+    `ROOT[/SPLIT]/{image,images}/X.png` with `{label,labels,mask,masks}/X.png` beside it.
+    """
+    paired = _paired_dirs(input, split, opts)
+    if paired is not None:
+        img_dir, mask_dir = paired
+        desc: dict[str, Any] = {"images": str(img_dir), "labels": str(mask_dir), "layout": "paired"}
+    else:
+        root = _split_dir(_need_dir(Path(str(input)), "segfolder"), split)
+        img_dir = next((root / n for n in ("image", "images", "img") if (root / n).is_dir()), None)
+        mask_dir = next(
+            (root / n for n in ("label", "labels", "mask", "masks") if (root / n).is_dir()), None
+        )
+        if img_dir is None or mask_dir is None:
+            raise UserError(
+                f"segfolder: need image/ and label/ (or mask/) folders in {root}, or "
+                f"{root / split}/ with {root / split}annot/, or --images DIR --labels DIR"
+            )
+        desc = {"root": str(root)}
     masks = {p.stem: p for p in _files(mask_dir, IMAGE_EXTS)}
     images = _files(img_dir, IMAGE_EXTS)
     images.sort(key=lambda p: (len(p.stem), p.stem) if p.stem.isdigit() else (1 << 30, p.stem))
     mode = opts.mask_mode
     if mode not in {"auto", "binary", "index"}:
         raise UserError(f"segfolder: --mask-mode must be auto, binary or index, not {mode!r}")
-    if mode == "auto" and masks:
-        first = next(iter(sorted(masks.values())))
-        values = set(np.unique(np.asarray(Image.open(first))).tolist())
+    if mode == "auto" and masks:  # binary only if the first masks all hold just 0 and 255
+        values: set[int] = set()
+        for path in sorted(masks.values())[:MASK_MODE_SAMPLES]:
+            with Image.open(path) as m:
+                values |= set(np.unique(np.asarray(m)).tolist())
         mode = "binary" if values <= {0, 255} else "index"
     items, skipped = [], []
     for f in images[: opts.limit]:
@@ -429,11 +528,11 @@ def segfolder(input: str, split: str, opts: SourceOptions) -> Source:
             continue
 
         def load(f: Path = f, m: Path = m) -> dict[str, np.ndarray]:
-            return {"image": load_image(f, opts), "mask": load_mask(m, opts, mode == "binary")}
+            return _with_mask(load_image_file(f, opts), load_mask(m, opts, mode == "binary"), m)
 
         items.append(Item(f.stem, None, load, str(f)))
     names = ["0", "1"] if mode == "binary" else []  # index mode: filled from the data
-    desc = {"root": str(root), "mask_mode": mode}
+    desc["mask_mode"] = mode
     return Source("segfolder", "segmentation", names, _unique_keys(items), desc, skipped)
 
 
@@ -578,24 +677,28 @@ def audioset(input: str, split: str, opts: SourceOptions) -> Source:
 
 
 def csv_source(input: str, split: str, opts: SourceOptions) -> Source:
-    """A CSV with columns `path,label` (paths relative to the CSV); images or audio clips."""
+    """A CSV with columns `path,label` (paths relative to the CSV; images or audio clips), or
+    `path,labels` for multi-label data: each row's label names separated by `;` (may be none)."""
     path = Path(input)
     if not path.is_file():
         raise UserError(f"csv: no such file: {path}")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise UserError(f"csv: {path} needs a header with columns path,label")
-        rows = [(r["path"], r["label"]) for r in reader]
+        cols = set(reader.fieldnames or ())
+        if "path" not in cols or not cols & {"label", "labels"}:
+            raise UserError(f"csv: {path} needs a header with columns path,label (or path,labels)")
+        multi = "label" not in cols
+        rows = [(r["path"], r["labels" if multi else "label"] or "") for r in reader]
     if any(Path(p).suffix.lower() in AUDIO_EXTS | VIDEO_EXTS for p, _ in rows):
         _audio_length_required(opts, "csv")
+    tags = [[t.strip() for t in lab.split(";") if t.strip()] if multi else [lab] for _, lab in rows]
     names = sorted(
-        {lab for _, lab in rows}, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s)
+        {t for ts in tags for t in ts}, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s)
     )
     index = {n: i for i, n in enumerate(names)}
     per_class: dict[str, int] = {}
     items = []
-    for rel, lab in rows:
+    for (rel, lab), ts in zip(rows, tags, strict=True):
         if opts.limit is not None and per_class.get(lab, 0) >= opts.limit:
             continue
         per_class[lab] = per_class.get(lab, 0) + 1
@@ -603,9 +706,11 @@ def csv_source(input: str, split: str, opts: SourceOptions) -> Source:
         if f.suffix.lower() in AUDIO_EXTS | VIDEO_EXTS:
             load = lambda f=f: _load_clip(f, opts)  # noqa: E731
         else:
-            load = lambda f=f: {"image": load_image(f, opts)}  # noqa: E731
-        items.append(Item(str(Path(rel).with_suffix("")), index[lab], load, str(f)))
-    return Source("csv", "classification", names, _unique_keys(items), {"csv": str(path)})
+            load = lambda f=f: load_image_file(f, opts)  # noqa: E731
+        label = sorted(index[t] for t in ts) if multi else index[lab]
+        items.append(Item(str(Path(rel).with_suffix("")), label, load, str(f)))
+    task = "multilabel" if multi else "classification"
+    return Source("csv", task, names, _unique_keys(items), {"csv": str(path)})
 
 
 # Digits bundled in pip packages: (package, image side). Their held-out split is defined once,
@@ -696,10 +801,35 @@ SOURCES: dict[str, Callable[[Any, str, SourceOptions], Source]] = {
 NEEDS_INPUT = {"imagefolder", "voc", "audioset", "audiofolder", "segfolder", "csv"}
 
 
+def detect_source(input: str, split: str) -> tuple[str, str]:
+    """(source type, why) for a folder or file when `--source` is left out; a UserError if unclear."""
+    path = Path(input)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return "csv", "a .csv file"
+    root = _need_dir(path, "--input")
+    if _paired_dirs(input, split, SourceOptions()) is not None:
+        return "segfolder", f"image and label folders side by side ({split}/ + {split}annot/)"
+    here = _split_dir(root, split)
+    names = {p.name for p in here.iterdir() if p.is_dir()}
+    if names & {"image", "images", "img"} and names & {"label", "labels", "mask", "masks"}:
+        return "segfolder", f"image/ and label/ folders in {here}"
+    if (root / "JPEGImages").is_dir() or (root / "VOC2012").is_dir():
+        return "voc", "a PASCAL VOC folder (JPEGImages/)"
+    if (root / "class_labels_indices.csv").is_file():
+        return "audioset", "class_labels_indices.csv"
+    folders = sorted(p for p in here.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for exts, kind in ((IMAGE_EXTS, "imagefolder"), (AUDIO_EXTS | VIDEO_EXTS, "audiofolder")):
+        if folders and any(_files(f, exts) for f in folders[:20]):
+            return kind, f"class folders of {kind[:5]} files in {here}"
+    raise UserError(
+        f"cannot tell what kind of data {input} holds; pass --source ({', '.join(SOURCES)})"
+    )
+
+
 def open_source(type: str, input: str | None, split: str, opts: SourceOptions) -> Source:
     """Build the source of `type` reading `input` for `split`."""
     if type not in SOURCES:
         raise UserError(f"unknown source type {type!r}; known: {', '.join(SOURCES)}")
-    if type in NEEDS_INPUT and not input:
+    if type in NEEDS_INPUT and not input and not (type == "segfolder" and opts.images):
         raise UserError(f"source {type} needs --input PATH")
     return SOURCES[type](input, split, opts)

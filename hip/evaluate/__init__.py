@@ -24,8 +24,12 @@ def evaluate_model(
     limit: int | None = None,
     seed: int = 0,
     num_reconstructions: int = 8,
+    layout: dict[str, dict[str, Any]] | None = None,
 ) -> EvalResult:
-    """Metrics of `model` (an MAE or a task model) on `split` of a data set, by its task."""
+    """Metrics of `model` (an MAE or a task model) on `split` of a data set, by its task.
+
+    `layout` (a checkpoint's `model_meta["layout"]`) says what the tokens are; default the data's.
+    """
 
     def batches() -> Any:
         for i, batch in enumerate(source.batches(split, batch_size, train=False, limit=limit)):
@@ -43,6 +47,7 @@ def evaluate_model(
             dict(source.modalities),
             seed,
             num_reconstructions,
+            dict(layout or getattr(source, "layout", None) or {}),
         )
         return get_task(task).evaluate(model, data)
     except EmptySplit:
@@ -77,6 +82,19 @@ class Evaluator:
             limit=self.limit,
             seed=self.seed,
         )
+
+    def coverage(self, result: EvalResult) -> str:
+        """One line: how many of the split's samples were evaluated, and under which cap."""
+        total = self.source.num_samples(self.split)
+        if total is not None and self.limit is not None:
+            total = min(total, int(self.limit))
+        n = int(result.metrics.get("num_samples", 0))
+        line = f"evaluated {n} of {total if total is not None else '?'} samples of {self.split!r}"
+        if self.max_batches is not None and (total is None or n < total):
+            line += (
+                f" (cap run.eval_batches={self.max_batches}; `hip evaluate` does the full split)"
+            )
+        return line
 
 
 def primary_metric(task: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,25 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hip.task import EvalResult, get_task  # noqa: E402
-
-
-def image_shape(m: int, c: int) -> tuple[int, int] | None:
-    """(H, W) when `[M, C]` looks like a square image with 1 or 3 channels, else None."""
-    side = math.isqrt(m)
-    return (side, side) if side * side == m and c in (1, 3) else None
+from hip.task.base import class_names  # noqa: E402
 
 
 def metrics_table(result: EvalResult, extra: dict[str, Any] | None = None) -> pd.DataFrame:
-    """One row: identifying columns from `extra` followed by every metric."""
-    row = {**(extra or {}), "task": result.task, **result.metrics}
+    """One row: identifying columns from `extra`, every metric, then each per-class value
+    (`iou/<label>`, `acc/<label>`, `ap/<label>`)."""
+    row = {**(extra or {}), "task": result.task, **result.metrics, **result.per_class_metrics()}
     return pd.DataFrame([row])
+
+
+def per_class_table(result: EvalResult) -> pd.DataFrame:
+    """One row per class: its label name and each per-class metric (IoU, accuracy or AP)."""
+    if not result.per_class:
+        return pd.DataFrame()
+    k = len(next(iter(result.per_class.values())))
+    table = pd.DataFrame({"class": class_names(result.label_names, k)})
+    for key, values in result.per_class.items():
+        table[key] = np.asarray(values, dtype=np.float64)
+    return table
 
 
 def plot_curves(history: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -58,47 +64,96 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_reconstructions(
-    result: EvalResult, out: Path, name: str = "reconstructions.png"
-) -> Path | None:
-    """Original / masked input / reconstruction side by side (grey images for 1 channel)."""
+def _tokens_as_picture(tokens: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Image `[M, C]` -> `[H, W, C]`; video `[T*H*W, C]` -> up to 4 frames side by side."""
+    h, w = int(spec["height"]), int(spec["width"])
+    c = tokens.shape[-1]
+    if spec["kind"] == "image":
+        return tokens.reshape(h, w, c)
+    frames = tokens.reshape(-1, h, w, c)
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(4, len(frames))).round().astype(int))
+    return np.concatenate(list(frames[picks]), axis=1)
+
+
+def _waveform(tokens: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Audio tokens `[M, n]` (n consecutive samples each) -> the waveform `[length]`."""
+    wave = tokens.reshape(-1)
+    return wave[: int(spec.get("length") or len(wave))]
+
+
+def drawing_kind(spec: dict[str, Any] | None) -> str:
+    """How a modality is drawn: `picture` (image, video), `waveform` (audio) or `tokens`."""
+    spec = spec or {}
+    if spec.get("kind") in ("image", "video") and spec.get("height") and spec.get("width"):
+        return "picture"
+    if spec.get("kind") == "audio":
+        return "waveform"
+    return "tokens"  # no layout: each token's first channel, never guessed from [M, C]
+
+
+def reconstruction_figure(result: EvalResult) -> plt.Figure | None:
+    """Original / masked input / reconstruction side by side, drawn as the checkpoint's layout
+    says: images and video frames as pictures (grey for 1 channel), audio as a waveform."""
     rec = result.reconstructions
     if not rec or not result.modalities:
         return None
-    m, c = next(iter(result.modalities.values()))
+    name = next(iter(result.modalities))
+    spec = result.layout.get(name)
+    how = drawing_kind(spec)
     orig, hidden, comp = rec["original"], rec["masked"], rec["composite"]
     n = len(orig)
-    shape = image_shape(m, c)
-    fig, axes = plt.subplots(n, 3, figsize=(6, 2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(9 if how == "waveform" else 6, 2 * n), squeeze=False)
     for i in range(n):
         masked_in = orig[i].copy()
-        if shape:
-            masked_in[hidden[i]] = 0.5  # hidden pixels shown grey
+        masked_in[hidden[i]] = 0.5 if how == "picture" else 0.0  # hidden tokens: grey / silent
         panels = (orig[i], masked_in, comp[i])
         for j, (panel, title) in enumerate(zip(panels, ("original", "masked", "reconstructed"))):
             ax = axes[i, j]
-            if shape:
-                img = panel.reshape(*shape, c)
-                img = np.clip(img, 0, 1)
+            if how == "picture":
+                img = np.clip(_tokens_as_picture(panel, spec), 0, 1)
+                grey = img.shape[-1] != 3
                 ax.imshow(
-                    img[..., 0] if c == 1 else img, cmap="gray" if c == 1 else None, vmin=0, vmax=1
+                    img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=1
                 )
+                ax.set_xticks([])
+                ax.set_yticks([])
+            elif how == "waveform":
+                wave = _waveform(panel, spec)
+                rate = float(spec.get("sample_rate") or 1)
+                t = np.arange(len(wave)) / rate
+                ax.plot(t, wave, lw=0.4)
+                if j == 1:
+                    per_token = int(panel.shape[-1])
+                    gone = np.repeat(hidden[i], per_token)[: len(wave)]
+                    ax.fill_between(t, -1, 1, where=gone, color="grey", alpha=0.3, lw=0)
+                ax.set_ylim(-1, 1)
+                ax.set_yticks([])
+                if i == n - 1:
+                    ax.set_xlabel("seconds" if spec.get("sample_rate") else "sample", fontsize=8)
             else:
                 ax.plot(panel[:, 0], lw=0.5)
                 if j == 1:
                     ax.fill_between(
-                        np.arange(m),
+                        np.arange(len(panel)),
                         panel[:, 0].min(),
                         panel[:, 0].max(),
                         where=hidden[i],
                         color="grey",
                         alpha=0.3,
                     )
-            ax.set_xticks([])
-            ax.set_yticks([])
+                ax.set_xticks([])
+                ax.set_yticks([])
             if i == 0:
                 ax.set_title(title, fontsize=9)
-    return _save(fig, out / name)
+    return fig
+
+
+def plot_reconstructions(
+    result: EvalResult, out: Path, name: str = "reconstructions.png"
+) -> Path | None:
+    """reconstructions.png: :func:`reconstruction_figure` written as a PNG."""
+    fig = reconstruction_figure(result)
+    return _save(fig, out / name) if fig is not None else None
 
 
 def plot_confusion(result: EvalResult, out: Path) -> Path | None:
@@ -138,6 +193,11 @@ def plot_per_class(result: EvalResult, out: Path) -> Path | None:
     return _save(fig, out / f"per_class_{key}.png")
 
 
+def _cell(value: float) -> str:
+    """A per-class value for the markdown table (`n/a` where the class was absent)."""
+    return "n/a" if not np.isfinite(value) else f"{value:.4f}"
+
+
 def write_report(
     result: EvalResult,
     out_dir: str | Path,
@@ -156,17 +216,27 @@ def write_report(
         p = maker(result, out)
         if p:
             plots.append(p)
+    head = {k: v for k, v in table.iloc[0].items() if "/" not in str(k)}  # per class: below
     rows = "\n".join(
-        f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |"
-        for k, v in table.iloc[0].items()
+        f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in head.items()
     )
     md = [f"# {title}", "", "| field | value |", "|---|---|", rows, ""]
+    per_class = per_class_table(result)
+    if not per_class.empty:
+        keys = [c for c in per_class.columns if c != "class"]
+        md += ["## Per class", "", "| class | " + " | ".join(keys) + " |"]
+        md += ["|---|" + "---|" * len(keys)]
+        md += [
+            f"| {row['class']} | " + " | ".join(_cell(row[k]) for k in keys) + " |"
+            for _, row in per_class.iterrows()
+        ]
+        md += [""]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     files["markdown"] = out / "report.md"
     files["markdown"].write_text("\n".join(md) + "\n")
     cells = "".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td></tr>"
-        for k, v in table.iloc[0].items()
+        for k, v in head.items()
     )
     imgs = "".join(
         f'<figure><img src="{p.name}" alt="{p.stem}"><figcaption>{p.stem}</figcaption></figure>'

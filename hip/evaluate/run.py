@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hip import checkpoint as ckpt
 from hip import storage
-from hip.config import from_dict, validate
+from hip.config import drop_unused_source, from_dict, validate
 from hip.data.dataset import open_dataset
 from hip.distributed import pick_device
 from hip.errors import UserError
@@ -20,6 +20,7 @@ from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
 from hip.rundir import RunFolder, run_of_checkpoint
 from hip.runlog import read_metrics
+from hip.threads import configure_threads
 
 
 @dataclass
@@ -85,6 +86,7 @@ def config_for_checkpoint(path: str, overrides: list[str] | tuple[str, ...] = ()
     cfg = from_dict(payload["config"])
     cfg.stage = "evaluate"
     cfg.eval.checkpoint = path
+    cfg.run.eval_batches = None  # training's cap: `hip evaluate` does the full split by default
     if overrides:
         from hip.config import Config, _merge, _parse_dotlist
 
@@ -96,6 +98,7 @@ def config_for_checkpoint(path: str, overrides: list[str] | tuple[str, ...] = ()
         )
     cfg.run.resume = "never"
     validate(cfg)
+    drop_unused_source(cfg)
     return cfg
 
 
@@ -103,6 +106,8 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     """Evaluate `eval.checkpoint` (or the run's latest) on `eval.split` and write the report."""
     from hip import tracking
 
+    if cfg.run.threads is not None:  # the CLI also sets the automatic choice
+        configure_threads(int(cfg.run.threads))
     path = find_checkpoint(cfg)
     model, payload = ckpt.load_model(path)
     meta = payload["model_meta"]
@@ -125,6 +130,16 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
         limit=cfg.data.limit,
         seed=int(cfg.run.seed),
         num_reconstructions=int(cfg.eval.reconstructions),
+        layout=meta.get("layout"),
+    )
+    total = source.num_samples(split)
+    if cfg.data.limit is not None and total is not None:
+        total = min(total, int(cfg.data.limit))
+    print(
+        f"evaluated {int(result.metrics.get('num_samples', 0))} of {total if total is not None else '?'} "
+        f"samples of split {split!r}"
+        + (f" (cap run.eval_batches={cfg.run.eval_batches})" if cfg.run.eval_batches else ""),
+        flush=True,
     )
     # The report goes next to the checkpoint's run (or to eval.out), on S3 as locally: it is
     # written in a local working copy first and uploaded.
@@ -147,7 +162,8 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
             {"eval": {"checkpoint": path, "split": split}, "model": {"preset": meta["preset"]}}
         )
         tracker.log_metrics(
-            {f"eval_{k}": v for k, v in result.metrics.items()}, int(payload["step"])
+            {f"eval_{k}": v for k, v in result.metrics.items()} | result.per_class_metrics(),
+            int(payload["step"]),
         )
         tracker.log_artifact(str(out.local), "report")
         run_id, link = tracker.run_id, getattr(tracker, "link", "")

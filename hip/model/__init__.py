@@ -13,7 +13,9 @@ _WHERE = {
     "HiPClassBottleneck": "hip.model.class_bottleneck",
     "HiPClassifier": "hip.model.heads",
     "HiPSegmenter": "hip.model.heads",
+    "LoadSummary": "hip.model.heads",
     "create_task_model": "hip.model.heads",
+    "summarize_load": "hip.model.heads",
     "load_pretrained": "hip.model.heads",
     "HiP": "hip.model.hip",
     "create_model": "hip.model.hip",
@@ -27,7 +29,14 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from hip.model.class_bottleneck import HiPClassBottleneck
-    from hip.model.heads import HiPClassifier, HiPSegmenter, create_task_model, load_pretrained
+    from hip.model.heads import (
+        HiPClassifier,
+        HiPSegmenter,
+        LoadSummary,
+        create_task_model,
+        load_pretrained,
+        summarize_load,
+    )
     from hip.model.hip import HiP, create_model
     from hip.model.mae import MAE, MAEConfig, MAEOutput
     from hip.model.presets import HiPConfig, available_presets, make_config
@@ -49,6 +58,7 @@ __all__ = [
     "HiPClassifier",
     "HiPConfig",
     "HiPSegmenter",
+    "LoadSummary",
     "MAEConfig",
     "MAEOutput",
     "available_presets",
@@ -56,4 +66,5 @@ __all__ = [
     "create_task_model",
     "load_pretrained",
     "make_config",
+    "summarize_load",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -109,10 +110,16 @@ HEADS: dict[str, tuple[type, bool, dict[str, Any]]] = {
 
 def backbone_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HiP parameters from a HiP, MAE (`model.`) or task-model (`backbone.`) state dict."""
+    prefix = backbone_prefix(state_dict)
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def backbone_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The prefix of the HiP's parameters in a state dict (`model.`, `backbone.`, ... or none)."""
     for prefix in ("model.", "backbone.", "module.model.", "module.backbone."):
         if any(k.startswith(prefix) for k in state_dict):
-            return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    return dict(state_dict)
+            return prefix
+    return ""
 
 
 def load_pretrained(
@@ -156,3 +163,56 @@ def load_pretrained(
         for p in task_model.backbone.pos.values():
             p.requires_grad_(False)
     return sorted(wanted)
+
+
+@dataclass
+class LoadSummary:
+    """What `load_pretrained` did with each tensor: loaded, skipped (and why) or new."""
+
+    matched: list[str] = field(default_factory=list)  # loaded into the model
+    not_in_model: list[str] = field(default_factory=list)  # checkpoint tensors with no place here
+    shape_mismatch: list[str] = field(default_factory=list)  # same name, other shape: not loaded
+    left_fresh: list[str] = field(default_factory=list)  # fits, but the task re-initialises it
+    new: list[str] = field(default_factory=list)  # the model's tensors initialised fresh
+
+    def counts(self) -> dict[str, int]:
+        """How many tensors fell in each group."""
+        return {k: len(v) for k, v in vars(self).items()}
+
+    def line(self) -> str:
+        """One line for the log: matched / skipped (by reason) / new counts."""
+        c = self.counts()
+        skipped = c["not_in_model"] + c["shape_mismatch"] + c["left_fresh"]
+        return (
+            f"{c['matched']} tensors matched, {skipped} skipped ({c['not_in_model']} not in this "
+            f"model, {c['shape_mismatch']} of another shape, {c['left_fresh']} re-initialised by "
+            f"the task), {c['new']} new (initialised fresh)"
+        )
+
+
+def summarize_load(
+    task_model: nn.Module, state_dict: Mapping[str, torch.Tensor], loaded: list[str]
+) -> LoadSummary:
+    """Sort every checkpoint tensor and every model tensor after `load_pretrained` loaded `loaded`."""
+    source = backbone_state(state_dict)
+    target = task_model.backbone.state_dict()
+    done = set(loaded)
+    out = LoadSummary(matched=sorted(done))
+    # Checkpoint tensors outside the HiP (e.g. MAE-only parameters) have no place here either.
+    prefix = backbone_prefix(state_dict)
+    out.not_in_model += sorted(k for k in state_dict if not k.startswith(prefix))
+    for k in sorted(source):
+        if k in done:
+            continue
+        if k not in target:
+            out.not_in_model.append(k)
+        elif tuple(source[k].shape) != tuple(target[k].shape):
+            out.shape_mismatch.append(k)
+        else:
+            out.left_fresh.append(k)
+    out.new = sorted(
+        k
+        for k in task_model.state_dict()
+        if not (k.startswith("backbone.") and k[len("backbone.") :] in done)
+    )
+    return out

@@ -28,7 +28,19 @@ class EvalResult:
     confusion: np.ndarray | None = None  # [K, K] counts (classification, segmentation)
     per_class: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. {"iou": [K]}
     reconstructions: dict[str, np.ndarray] = field(default_factory=dict)  # [N, M, C] each
-    modalities: dict[str, tuple[int, int]] = field(default_factory=dict)
+    modalities: dict[str, tuple[int, int]] = field(default_factory=dict)  # first: reconstructed
+    # {name: {"kind": image|audio|video, "height": ...}} (hip.data.dataset.modality_layout)
+    layout: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def per_class_metrics(self) -> dict[str, float]:
+        """Every per-class value as `<metric>/<label name>` (e.g. `iou/cat`); NaNs left out."""
+        out: dict[str, float] = {}
+        for key, values in self.per_class.items():
+            names = class_names(self.label_names, len(values))
+            for name, value in zip(names, values, strict=True):
+                if np.isfinite(value):
+                    out[f"{key}/{metric_safe(name)}"] = float(value)
+        return out
 
 
 @dataclass
@@ -42,6 +54,17 @@ class EvalData:
     modalities: dict[str, tuple[int, int]]
     seed: int = 0  # MAE: the masks of the evaluation
     num_reconstructions: int = 8  # MAE: samples kept for the report's figure
+    layout: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the tokens are
+
+
+def class_names(label_names: list[str], k: int) -> list[str]:
+    """The data's label names when there are `k` of them, else "0".."k-1"."""
+    return list(label_names) if len(label_names) == k else [str(i) for i in range(k)]
+
+
+def metric_safe(name: str) -> str:
+    """`name` with characters MLflow refuses in a metric name replaced by `_`."""
+    return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in str(name)) or "_"
 
 
 class EmptySplit(ValueError):

@@ -58,4 +58,9 @@ class ClassificationTask(HeadTask):
         for k, c in state.get("correct", {}).items():
             result.metrics[f"top{k}"] = c / n
         if "cm" in state:
+            cm = state["cm"].double()
             result.confusion = state["cm"].numpy()
+            # Per-class accuracy (recall): right / samples of the class; NaN for absent classes.
+            support = cm.sum(1)
+            acc = (cm.diag() / support.clamp_min(1)).masked_fill(support == 0, float("nan"))
+            result.per_class["acc"] = acc.numpy()

@@ -104,4 +104,5 @@ class MAETask(Task):
             list(data.label_names),
             reconstructions=recs,
             modalities=data.modalities,
+            layout=data.layout,
         )

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from hip.errors import UserError
 from hip.task.base import EvalResult, label_range_error
@@ -23,6 +24,12 @@ class SegmentationTask(HeadTask):
     name = "segmentation"
     headline = "mIoU"
     plots = ("per_class",)
+
+    def build_model(self, meta: dict[str, Any]) -> nn.Module:
+        """The segmenter, not scoring the data's ignore label (255 unless the manifest says)."""
+        model = super().build_model(meta)
+        model.ignore_index = int(meta.get("ignore_index", IGNORE_INDEX))
+        return model
 
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:
         """Per-position class indices `[B, M]`."""
@@ -47,7 +54,8 @@ class SegmentationTask(HeadTask):
 
     def accumulate(self, state: dict[str, Any], logits: torch.Tensor, y: torch.Tensor) -> None:
         """The confusion matrix over labelled positions."""
-        part = confusion_matrix(logits.argmax(-1), y, logits.shape[-1], IGNORE_INDEX)
+        ignore = int(state.get("ignore_index", IGNORE_INDEX))
+        part = confusion_matrix(logits.argmax(-1), y, logits.shape[-1], ignore)
         state["cm"] = part if "cm" not in state else state["cm"] + part
 
     def summarize(self, state: dict[str, Any], n: int, result: EvalResult) -> None:

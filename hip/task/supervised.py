@@ -49,6 +49,8 @@ class HeadTask(Task):
         """Mean loss and the task's metrics over the split."""
         loss_sum, n = 0.0, 0
         state: dict[str, Any] = {}
+        if getattr(model, "ignore_index", None) is not None:  # segmentation: the unscored label
+            state["ignore_index"] = int(model.ignore_index)
         for batch in data.batches():
             y = self.targets(batch).to(data.device)
             logits = model(inputs_to_device(batch["inputs"], data.device)).float()
@@ -62,6 +64,7 @@ class HeadTask(Task):
             self.name,
             list(data.label_names),
             modalities=data.modalities,
+            layout=data.layout,
         )
         self.summarize(state, n, result)
         return result

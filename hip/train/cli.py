@@ -9,6 +9,12 @@ from typing import Any
 from hip.errors import UserError
 
 OVERRIDES_HELP = "config overrides as key=value, e.g. optim.lr=1e-3 run.out=/tmp/run"
+DATA_HELP = "your own data: a `hip shard` manifest.json, its folder or an s3:// prefix"
+EVAL_EPILOG = (
+    "At the end the model is evaluated on data.eval_split, reading at most run.eval_batches "
+    "batches (default 100; null: all); the log says how many samples that was. `hip evaluate "
+    "--checkpoint CKPT` does the full split."
+)
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -52,8 +58,10 @@ def _print_result(stage: str, result: Any) -> None:
 
 def _train_and_report(stage: str, cfg: Any) -> int:
     """Train `cfg`; rank 0 prints the result, every rank its batch count when distributed."""
+    from hip.threads import configure_threads
     from hip.train.trainer import train
 
+    configure_threads(cfg.run.threads)  # this process is ours: automatic unless set
     result = train(cfg)
     if result.rank == 0:
         _print_result(stage, result)
@@ -66,20 +74,36 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Run MAE pretraining."""
     from hip.config import load_config
 
-    return _train_and_report("pretrain", load_config("pretrain", args.config, args.overrides))
+    if args.data:
+        from hip.train.recipe import config_for_data
+
+        cfg = config_for_data("pretrain", args.data, None, args.config, args.overrides)
+    else:
+        cfg = load_config("pretrain", args.config or "tiny_mnist", args.overrides)
+    return _train_and_report("pretrain", cfg)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Finetune on a benchmark from a pretraining checkpoint."""
+    """Finetune on a benchmark or on your own data, from scratch or a pretraining checkpoint."""
     from hip.config import load_config
 
     name = args.config or args.benchmark
-    if not name:
-        raise UserError("give --benchmark NAME (hip config list) or --config NAME_OR_PATH")
     overrides = list(args.overrides)
     if args.pretrained:
         overrides.append(f"task.pretrained={args.pretrained}")
     kind = "benchmarks" if args.benchmark and not args.config else None
+    if args.data:
+        from hip.train.recipe import config_for_data
+
+        cfg = config_for_data("finetune", args.data, args.task, name, overrides, kind)
+        return _train_and_report("finetune", cfg)
+    if not name:
+        raise UserError(
+            "give --data MANIFEST (your own shards), --benchmark NAME (hip config list) or "
+            "--config NAME_OR_PATH"
+        )
+    if args.task:
+        overrides.insert(0, f"task.type={args.task}")
     return _train_and_report("finetune", load_config("finetune", name, overrides, kind=kind))
 
 
@@ -92,6 +116,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = config_for_checkpoint(args.checkpoint, args.overrides)
     else:
         cfg = load_config("evaluate", args.config, args.overrides)
+    from hip.threads import configure_threads
+
+    configure_threads(cfg.run.threads)
     out = evaluate(cfg)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in out.result.metrics.items())
     print(f"evaluate: {metrics}")
@@ -105,8 +132,19 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     """Print the resolved config as YAML."""
     from hip.config import load_config, to_yaml
 
-    kind = "benchmarks" if args.benchmark else None
-    cfg = load_config(args.stage, args.config or args.benchmark, args.overrides, kind=kind)
+    kind = "benchmarks" if args.benchmark and not args.config else None
+    name = args.config or args.benchmark
+    if args.data and args.stage != "evaluate":
+        from hip.train.recipe import config_for_data
+
+        cfg = config_for_data(args.stage, args.data, args.task, name, args.overrides, kind)
+    else:
+        overrides = list(args.overrides)
+        if args.data:
+            overrides.insert(0, f"data.manifest={args.data}")
+        if args.task:
+            overrides.insert(0, f"task.type={args.task}")
+        cfg = load_config(args.stage, name, overrides, kind=kind)
     sys.stdout.write(to_yaml(cfg))
     return 0
 
@@ -177,13 +215,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add pretrain, finetune, evaluate, config and compare to the `hip` parser."""
     p = subparsers.add_parser(
-        "pretrain", help="MAE pretraining (use torchrun ... -m hip.train for DDP)"
+        "pretrain",
+        help="MAE pretraining (use torchrun ... -m hip.train for DDP)",
+        description="MAE pretraining: on your own shards with --data MANIFEST (the recipe "
+        "hip/configs/recipes/mae.yaml), else with a preset (--config, default tiny_mnist).",
+        epilog=EVAL_EPILOG,
     )
-    _add_common(p, "tiny_mnist")
+    p.add_argument("--data", "-d", help=DATA_HELP)
+    _add_common(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = subparsers.add_parser(
-        "finetune", help="finetune on a benchmark from a pretraining checkpoint"
+        "finetune",
+        help="finetune on your own data or a benchmark, optionally from a pretraining checkpoint",
+        description="Finetune a task head: on your own shards with --data MANIFEST [--task TYPE] "
+        "(the task type's recipe, hip/configs/recipes/; classes, label names, modalities and "
+        "the ignore label from the manifest), or with a benchmark preset (--benchmark).",
+        epilog=EVAL_EPILOG,
+    )
+    p.add_argument("--data", "-d", help=DATA_HELP)
+    p.add_argument(
+        "--task",
+        "-t",
+        help="task type: classification, multilabel, segmentation, ... (default with --data: "
+        "the manifest's)",
     )
     p.add_argument("--benchmark", "-b", help="benchmark preset (hip/configs/benchmarks)")
     p.add_argument("--pretrained", "-p", help="pretraining checkpoint (sets task.pretrained)")
@@ -202,6 +257,8 @@ def register(subparsers: Any) -> None:
     show = sub.add_parser("show", help="print the resolved config as YAML")
     show.add_argument("stage", choices=["pretrain", "finetune", "evaluate"])
     show.add_argument("--benchmark", "-b", help="benchmark preset (finetune)")
+    show.add_argument("--data", "-d", help=DATA_HELP)
+    show.add_argument("--task", "-t", help="task type (with --data: default the manifest's)")
     _add_common(show)
     show.set_defaults(func=cmd_config_show)
     lst = sub.add_parser("list", help="list the shipped presets")

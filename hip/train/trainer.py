@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import signal
 import sys
@@ -34,10 +35,13 @@ from hip.rundir import RunFolder
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
 from hip.task.base import inputs_to_device
+from hip.threads import configure_threads
 from hip.train import step as hstep
 from hip.train.checkpointer import Checkpointer, TrainState, seed_all
 from hip.train.metrics import StepTimer, memory_mb
 from hip.train.optim import build_optimizer, build_scheduler, peak_lr
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UserError):
@@ -66,6 +70,10 @@ def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dic
         "preset": str(cfg.model.preset),
         "overrides": OmegaConf.to_container(cfg.model.overrides, resolve=True),
         "modalities": {k: [int(m), int(c)] for k, (m, c) in source.modalities.items()},
+        # What the tokens are (image H x W x C, audio rate and length, video frames): the
+        # report's figures and `hip evaluate` read it from here, never guess it from [M, C].
+        "layout": {k: dict(v) for k, v in source.layout.items()},
+        "ignore_index": int(source.ignore_index),
         "num_classes": num_classes,
         "label_names": list(source.label_names),
         "mae": {
@@ -89,7 +97,9 @@ def num_classes_for(cfg: DictConfig, source: Dataset) -> int | None:
     if source.num_classes and cfg.task.num_classes and source.num_classes != cfg.task.num_classes:
         raise UserError(
             f"task.num_classes={cfg.task.num_classes} but the data has {source.num_classes} labels "
-            f"({', '.join(source.label_names[:5])}...)"
+            f"({', '.join(source.label_names[:5])}...); for your own data leave out --benchmark "
+            "(`hip finetune --data MANIFEST --task TYPE` takes the classes from the manifest) "
+            "or set task.num_classes=null"
         )
     return int(n)
 
@@ -122,24 +132,39 @@ def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
                 table.copy_(coordinate_table(table.shape[0], table.shape[1]))
 
 
-def build_model(cfg: DictConfig, source: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-    """The module to train and its checkpoint metadata; finetuning loads `task.pretrained`."""
+def build_model(
+    cfg: DictConfig, source: Dataset
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """The module to train, its checkpoint metadata and, when finetuning loads
+    `task.pretrained`, what was loaded (checkpoint, its step, tensor counts)."""
     task = get_task(cfg.task.type)
     meta = model_meta(cfg, source, num_classes_for(cfg, source))
     model = task.build_model(meta)
     prepare_inputs(model, cfg, source)
+    loaded = None
     if task.stage == "finetune" and cfg.task.pretrained:
-        from hip.model import load_pretrained
+        from hip.model import load_pretrained, summarize_load
 
         pre = ckpt.load(cfg.task.pretrained)
         try:
-            load_pretrained(model, pre["model"], freeze_positions=bool(cfg.task.freeze_positions))
+            names = load_pretrained(
+                model, pre["model"], freeze_positions=bool(cfg.task.freeze_positions)
+            )
         except ValueError as exc:
             raise UserError(f"task.pretrained={cfg.task.pretrained}: {exc}") from None
+        summary = summarize_load(model, pre["model"], names)
+        for group, keys in vars(summary).items():
+            log.debug("pretrained %s (%d): %s", group, len(keys), ", ".join(keys))
+        loaded = {
+            "checkpoint": str(cfg.task.pretrained),
+            "step": int(pre.get("step", -1)),
+            **summary.counts(),
+            "line": summary.line(),
+        }
     elif task.stage == "finetune" and cfg.task.freeze_positions:
         for p in model.backbone.pos.values():
             p.requires_grad_(False)
-    return model, meta
+    return model, meta, loaded
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -177,7 +202,13 @@ class Trainer:
         self.evaluator = evaluator  # called with the trained model after the last step
         self.task: Task = get_task(cfg.task.type)
         self.seed = int(cfg.run.seed)
-        self.model, meta = build_model(cfg, source)
+        self.model, meta, self.pretrained = build_model(cfg, source)
+        if self.pretrained and info.is_main:
+            p = self.pretrained
+            print(
+                f"loaded pretrained weights from {p['checkpoint']} (step {p['step']}): {p['line']}",
+                flush=True,
+            )
         self.model.to(info.device)
         self.strategy = str(cfg.run.strategy)
         self.wrapped = hdist.wrap(self.model, info, self.strategy)
@@ -221,9 +252,10 @@ class Trainer:
             )
             self.metrics_log = MetricsLog(path, keep)
             derived = {"peak_lr": self.lr, "global_batch": self.global_batch}
-            self.tracker.log_params(
-                {**self.resolved, "derived": {**derived, "world_size": info.world_size}}
-            )
+            params = {**self.resolved, "derived": {**derived, "world_size": info.world_size}}
+            if self.pretrained:  # what the weights came from (the names: the debug log)
+                params["pretrained"] = {k: v for k, v in self.pretrained.items() if k != "line"}
+            self.tracker.log_params(params)
         total, stop_at = int(cfg.optim.total_steps), cfg.run.stop_at_step
         every = int(cfg.run.checkpoint_every)
         self.data = iter(self._batches())
@@ -417,8 +449,13 @@ class Trainer:
         if self.strategy == "fsdp" and self.last_checkpoint:  # unsharded, from the checkpoint
             model = ckpt.load_model(self.last_checkpoint)[0]
         if self.state.step >= total and self.evaluator is not None:
-            metrics = self.evaluator(model).metrics
-            self.tracker.log_metrics({f"eval_{k}": v for k, v in metrics.items()}, self.state.step)
+            result = self.evaluator(model)
+            metrics = result.metrics
+            print(self.evaluator.coverage(result), flush=True)
+            self.tracker.log_metrics(
+                {f"eval_{k}": v for k, v in metrics.items()} | result.per_class_metrics(),
+                self.state.step,
+            )
         if self.last_checkpoint:
             self.tracker.log_checkpoint(self.last_checkpoint)
         if self.task.stage == "finetune" and self.tracker.run_id and self.state.step >= total:
@@ -444,6 +481,8 @@ def train(cfg: DictConfig, source: Dataset | None = None, tracker: Any = None) -
     Under torchrun (WORLD_SIZE > 1) it joins the process group, wraps the model in DDP (or
     FSDP2 with run.strategy=fsdp) and only rank 0 writes checkpoints, metrics and MLflow.
     """
+    if cfg.run.threads is not None:  # a library caller keeps its own setting unless set here
+        configure_threads(int(cfg.run.threads))
     info = hdist.setup(str(cfg.run.device))
     ok = False
     try:
