@@ -54,6 +54,7 @@ from hip import storage
 from hip.config import load_config
 from hip.data.loader import Decoder, collate
 from hip.data.shards import iter_tar_samples, shard_urls
+from hip.model.modalities import to_float
 from hip.runlog import read_metrics
 from hip.train import trainer
 
@@ -231,18 +232,22 @@ def write_shards(folder: Path, out: Path, fmt: str, side: int, shard_size: int) 
 # ------------------------------------------------------------------ decode cost
 
 
-def decode_cost(manifest: hd.Manifest, batch: int, passes: int = 2) -> dict[str, float]:
+def decode_cost(
+    manifest: hd.Manifest, batch: int, passes: int = 2, as_stored: bool = False
+) -> dict[str, float]:
     """Per-image ms of each loader stage in this process, over every sample (best of `passes`).
 
     read: tar streaming (`iter_tar_samples`, page cache warm); image: PIL decode to uint8
     (what the Decoder does first); tensor: the rest of `Decoder` (tokens, float32, shape
-    check); collate: stacking a batch. Batches are decoded, collated and dropped one at a
+    check); collate: stacking a batch; with `as_stored` (issue 17: uint8 batches) the
+    tensor stage keeps uint8 and `to_float_ms` is the float conversion the training device
+    then does (here on this CPU). Batches are decoded, collated and dropped one at a
     time like in the loader (holding every decoded float32 image, 600 KB each at 224x224,
     would add page faults the loader does not have). Best of several passes, because a
     shared machine only ever adds time.
     """
     urls = shard_urls(manifest, "train")
-    decoder = Decoder(manifest)
+    decoder = Decoder(manifest, as_stored=as_stored)
     best: dict[str, float] = {}
     for _ in range(passes):
         t0 = time.perf_counter()
@@ -251,7 +256,7 @@ def decode_cost(manifest: hd.Manifest, batch: int, passes: int = 2) -> dict[str,
             with storage.open_read(url) as stream:
                 raw.extend(iter_tar_samples(stream, url))
         t_read = time.perf_counter() - t0
-        t_img = t_dec = t_col = 0.0
+        t_img = t_dec = t_col = t_float = 0.0
         for i in range(0, len(raw), batch):
             decoded = []
             for sample in raw[i : i + batch]:
@@ -263,8 +268,12 @@ def decode_cost(manifest: hd.Manifest, batch: int, passes: int = 2) -> dict[str,
                 decoded.append(decoder(sample))
                 t_img, t_dec = t_img + t1 - t0, t_dec + time.perf_counter() - t1
             t0 = time.perf_counter()
-            collate(decoded)
+            collated = collate(decoded)
             t_col += time.perf_counter() - t0
+            if as_stored:
+                t0 = time.perf_counter()
+                {k: to_float(v) for k, v in collated["inputs"].items()}
+                t_float += time.perf_counter() - t0
         n = len(raw)
         # Decoder repeats the PIL decode: tensor time is its excess over the bare decode.
         this = {
@@ -272,6 +281,7 @@ def decode_cost(manifest: hd.Manifest, batch: int, passes: int = 2) -> dict[str,
             "image_decode_ms": 1e3 * t_img / n,
             "tensor_ms": 1e3 * max(0.0, t_dec - t_img) / n,
             "collate_ms": 1e3 * t_col / n,
+            **({"to_float_ms": 1e3 * t_float / n} if as_stored else {}),
         }
         best = {k: min(v, best.get(k, math.inf)) for k, v in this.items()}
     best["total_ms"] = sum(best.values())
@@ -284,7 +294,12 @@ def decode_cost(manifest: hd.Manifest, batch: int, passes: int = 2) -> dict[str,
 
 
 def loader_run(
-    manifest: hd.Manifest, workers: int, batch: int, batches: int, step_s: float = 0.0
+    manifest: hd.Manifest,
+    workers: int,
+    batch: int,
+    batches: int,
+    step_s: float = 0.0,
+    as_stored: bool = False,
 ) -> dict[str, float]:
     """Iterate the training loader; with `step_s` > 0 a consumer sleeps that long per batch.
 
@@ -292,11 +307,14 @@ def loader_run(
     the shuffle buffer's first fill are reported separately as `first_batch_s`).
     """
     it = hd.loader(
-        manifest, "train", batch, train=True, num_workers=workers, batches_per_epoch=batches
-    )
+        manifest, "train", batch, train=True, num_workers=workers, batches_per_epoch=batches,
+        as_stored=as_stored,
+    )  # fmt: skip
     t_start = ready = time.perf_counter()
     stamps, waits = [], []
-    for _ in it:
+    for b in it:
+        if as_stored:  # the consumer's (the training device's) conversion counts as its time
+            {k: to_float(v) for k, v in b["inputs"].items()}
         got = time.perf_counter()
         stamps.append(got)
         waits.append(got - ready)  # time blocked in next(): the consumer's data wait
@@ -427,6 +445,22 @@ def table(res: dict[str, Any]) -> str:
             f"{d['image_decode_ms']:>8.3f}{d['tensor_ms']:>8.3f}{d['collate_ms']:>9.3f}"
             f"{d['total_ms']:>8.3f}{d['one_process_img_s']:>8.0f}"
         )
+    lines += [
+        "",
+        "issue 17: batches as stored (uint8), converted to float32 by the consumer; ms per image:",
+        f"{'format':<7}{'tensor':>8}{'collate':>9}{'to_float':>9}{'total':>8}{'img/s':>8}"
+        f"   loader img/s by workers (float32 -> uint8)",
+    ]
+    for fmt, r in res["formats"].items():
+        d = r["decode_uint8"]
+        pairs = ", ".join(
+            f"{a['workers']}: {a['img_s']:.0f} -> {b['img_s']:.0f}"
+            for a, b in zip(r["loader"], r["loader_uint8"], strict=True)
+        )
+        lines.append(
+            f"{fmt:<7}{d['tensor_ms']:>8.3f}{d['collate_ms']:>9.3f}{d['to_float_ms']:>9.3f}"
+            f"{d['total_ms']:>8.3f}{d['one_process_img_s']:>8.0f}   {pairs}"
+        )
     w = next(iter(res["formats"].values()))["workers_needed"]
     lines += [
         "",
@@ -515,6 +549,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # threads on a busy 2-core machine made torch.stack in collate ~10x slower.)
             with torch_threads(1):
                 dec = decode_cost(manifest, args.batch_size)
+                dec_u8 = decode_cost(manifest, args.batch_size, as_stored=True)
+                rows_u8 = [
+                    max(
+                        (
+                            loader_run(manifest, n, args.batch_size, args.loader_batches, 0, True)
+                            for _ in range(args.repeats)
+                        ),
+                        key=lambda r: r["img_s"],
+                    )
+                    for n in range(args.max_workers + 1)
+                ]
                 rows, sims = [], []
                 for n in range(args.max_workers + 1):
                     log(f"{fmt}: loader with {n} worker(s)")
@@ -533,7 +578,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res["formats"][fmt] = {
                 "shards": sh,
                 "decode": dec,
+                "decode_uint8": dec_u8,
                 "loader": rows,
+                "loader_uint8": rows_u8,
                 "simulated_consumer": sims,
                 "workers_needed": workers_needed(
                     rates,

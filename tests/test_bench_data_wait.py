@@ -52,6 +52,11 @@ def test_small_run_reports_consistent_numbers(shared_data, tmp_path):
         assert d["total_ms"] == pytest.approx(sum(d[k] for k in parts))
         assert d["one_process_img_s"] == pytest.approx(1e3 / d["total_ms"])
         assert [row["workers"] for row in r["loader"]] == [0, 1]
+        u8 = r["decode_uint8"]  # issue 17: uint8 batches, float32 made by the consumer
+        assert u8["to_float_ms"] > 0 and u8["images"] == 48
+        assert u8["total_ms"] == pytest.approx(sum(u8[k] for k in (*parts, "to_float_ms")))
+        assert [row["workers"] for row in r["loader_uint8"]] == [0, 1]
+        assert all(row["img_s"] > 0 and row["batches"] == 3 for row in r["loader_uint8"])
         assert all(row["img_s"] > 0 and row["batches"] == 3 for row in r["loader"])
         assert all(0 <= s["data_wait_frac"] <= 1 for s in r["simulated_consumer"])
         w = r["workers_needed"]

@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from hip.data.shards import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, shard, verify
-from hip.data.sources import AUDIO_PRESETS, DEFAULT_SHUFFLE_SEED, SOURCES, detect_source
+from hip.data.sources import (
+    AUDIO_PRESETS,
+    DEFAULT_SHUFFLE_SEED,
+    IMAGE_PRESETS,
+    SOURCES,
+    detect_source,
+)
 
 EPILOG = """examples:
   hip shard --source imagefolder --input data/mnist/train --output shards/mnist --split train
@@ -108,7 +114,10 @@ def register(subparsers: Any) -> None:
         "--split-pattern", help="audiofolder: file-name regex selecting this split's files"
     )
     p.add_argument(
-        "--preset", choices=sorted(AUDIO_PRESETS), help="audiofolder preset (pattern, splits, rate)"
+        "--preset",
+        choices=sorted({**AUDIO_PRESETS, **IMAGE_PRESETS}),
+        help="audiofolder: fsdd (pattern, splits, rate); imagefolder/csv: imagenet "
+        "(224x224 RGB JPEG shards unless --resize/--channels/--image-format say otherwise)",
     )
     p.add_argument("--segments-csv", help="audioset: segment CSV (YTID, start, end, labels)")
     p.add_argument("--class-index-csv", help="audioset: class CSV (index,mid,display_name)")

@@ -54,6 +54,9 @@ class Dataset:
     # figures): {name: {"kind": image|audio|video|..., "shape": [M, C], "height": ...}}.
     layout: dict[str, dict[str, Any]] = field(default_factory=dict)
     ignore_index: int = IGNORE_INDEX  # segmentation: the mask value that is not scored
+    # Training shard loaders by their settings: reused epoch after epoch, so their worker
+    # processes persist (only the seed changes between epochs).
+    _loaders: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -81,11 +84,14 @@ class Dataset:
         skip: int = 0,
         limit: int | None = None,
         pin_memory: bool = False,
+        as_stored: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """One epoch of batches for this rank, skipping the first `skip` (resumption).
 
         `pin_memory` (for a CUDA device) has the loader hand over page-locked batches, whose
-        copy to the GPU is truly asynchronous.
+        copy to the GPU is truly asynchronous. `as_stored=True`: shard inputs come as stored
+        (uint8 images, int16 audio), for `hip.task.base.inputs_to_device` to scale to float32
+        on the device (the training loop does); the in-memory sets are float32 either way.
 
         Labels (and segmentation mask classes) are checked against the data's label names:
         an out-of-range value raises :class:`LabelRangeError` naming the split and sample.
@@ -102,6 +108,7 @@ class Dataset:
             skip,
             limit,
             pin_memory,
+            as_stored,
         ):
             check_labels(batch, self.task, self.num_classes, f"{self.name!r} split {split!r}")
             yield batch
@@ -119,6 +126,7 @@ class Dataset:
         skip: int,
         limit: int | None,
         pin_memory: bool = False,
+        as_stored: bool = False,
     ) -> Iterator[dict[str, Any]]:
         if self.arrays:
             yield from self._array_batches(
@@ -128,6 +136,15 @@ class Dataset:
         import hip.data as hd  # the shard loaders (data stage)
         from hip.data.loader import warn_and_skip
 
+        key = (split, batch_size, rank, world_size, num_workers, pin_memory, as_stored)
+        if train and num_workers > 0 and key in self._loaders:
+            it = self._loaders[key]
+            it.dataset.seed = seed + epoch  # the order a fresh loader would read
+            it.set_epoch(0)
+            for i, batch in enumerate(it):
+                if i >= skip:
+                    yield batch
+            return
         it = hd.loader(
             self.manifest if self.manifest is not None else self.manifest_path,
             split,
@@ -139,7 +156,10 @@ class Dataset:
             world_size=world_size,
             handler=warn_and_skip if self.skip_corrupt and not train else None,
             pin_memory=pin_memory,
+            as_stored=as_stored,
         )
+        if train and num_workers > 0:
+            self._loaders[key] = it
         for i, batch in enumerate(it):
             if i >= skip:
                 yield batch
@@ -357,7 +377,10 @@ def infinite(
     limit: int | None = None,
     pin_memory: bool = False,
 ) -> Iterable[tuple[int, int, dict[str, Any]]]:
-    """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position."""
+    """Training batches forever as `(epoch, index_in_epoch, batch)`, from a saved position.
+
+    Shard inputs come as stored (uint8 images): the training loop scales them on its device.
+    """
     # What stays the same from epoch to epoch; only the epoch and the skip change.
     fixed = dict(
         seed=seed,
@@ -366,6 +389,7 @@ def infinite(
         num_workers=num_workers,
         limit=limit,
         pin_memory=pin_memory,
+        as_stored=True,
     )
     epoch, skip = start_epoch, start_batch
     while True:

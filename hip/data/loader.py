@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing
 import random
 import warnings
 from collections.abc import Callable, Iterator
@@ -86,12 +87,19 @@ def _rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
 class Decoder:
     """Turns a raw sample `{ext: bytes}` into tensors checked against the manifest's shapes."""
 
-    def __init__(self, manifest: Manifest, normalize: bool = False) -> None:
+    def __init__(
+        self, manifest: Manifest, normalize: bool = False, as_stored: bool = False
+    ) -> None:
+        if normalize and as_stored:
+            raise ValueError(
+                "normalize=True needs float inputs; as_stored=True keeps them as stored"
+            )
         self.modalities = manifest.modalities
         self.task = manifest.task
         self.labels = task_type(manifest.task)
         self.num_classes = len(manifest.label_names)
         self.normalize = normalize
+        self.as_stored = as_stored
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Decode one sample."""
@@ -103,17 +111,26 @@ class Decoder:
                     raise ValueError(f"sample {sample['__key__']} has no image")
                 with Image.open(io.BytesIO(data)) as img:
                     arr = np.asarray(img, dtype=np.uint8)
-                x = torch.from_numpy(image_to_tokens(arr).astype(np.float32) / 255.0)
+                if self.as_stored:  # uint8: a quarter of the bytes to collate, pin and copy
+                    x = torch.from_numpy(image_to_tokens(arr).copy())
+                else:
+                    x = torch.from_numpy(image_to_tokens(arr).astype(np.float32) / 255.0)
                 if self.normalize and "mean" in spec:
                     x = (x - torch.tensor(spec["mean"])) / torch.tensor(spec["std"]).clamp_min(1e-6)
             elif name == "audio":
                 arr = np.load(io.BytesIO(sample["audio.npy"]), allow_pickle=False)
                 # Manifests from before samples_per_token stored one sample per token.
                 n = int(spec.get("samples_per_token", 1))
-                x = torch.from_numpy(audio_to_tokens(arr.astype(np.float32) / 32768.0, n))
+                if self.as_stored:
+                    x = torch.from_numpy(audio_to_tokens(arr.astype(np.int16), n))
+                else:
+                    x = torch.from_numpy(audio_to_tokens(arr.astype(np.float32) / 32768.0, n))
             elif name == "video":
                 arr = np.load(io.BytesIO(sample["video.npy"]), allow_pickle=False)
-                x = torch.from_numpy(video_to_tokens(arr.astype(np.float32) / 255.0))
+                if self.as_stored:
+                    x = torch.from_numpy(video_to_tokens(arr.astype(np.uint8)))
+                else:
+                    x = torch.from_numpy(video_to_tokens(arr.astype(np.float32) / 255.0))
             else:
                 raise ValueError(f"unknown modality {name!r} in the manifest")
             if list(x.shape) != list(spec["shape"]):
@@ -164,23 +181,41 @@ class ShardStream(IterableDataset):
         handler: Callable[[Exception], bool],
         normalize: bool,
         s3: storage.S3Config | None,
+        as_stored: bool = False,
     ) -> None:
         super().__init__()
+        # (seed, epoch) in shared memory: persistent workers keep their copy of this object
+        # across epochs, and read the epoch the main process set here when they restart.
+        self._state = multiprocessing.RawArray("q", [int(seed), 0])
         self.urls, self.train, self.batch_size = urls, train, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, max(1, num_workers)
-        self.seed, self.shuffle_buffer, self.batches_per_worker = (
-            seed,
-            shuffle_buffer,
-            batches_per_worker,
-        )
-        self.handler, self.s3, self.epoch = handler, s3, 0
-        self.decode = Decoder(manifest, normalize)
+        self.shuffle_buffer, self.batches_per_worker = shuffle_buffer, batches_per_worker
+        self.handler, self.s3 = handler, s3
+        self.decode = Decoder(manifest, normalize, as_stored)
         self.expected = {  # samples per shard URL, to count what a broken shard loses
             storage.join(str(manifest.root), sh.name): sh.count
             for info in manifest.splits.values()
             for sh in info.shards
         }
         self.corrupt = 0  # samples lost since the last batch (per worker process)
+
+    @property
+    def seed(self) -> int:
+        """The base seed of the sample order (shared with the worker processes)."""
+        return int(self._state[0])
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._state[0] = int(value)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being read (shared with the worker processes)."""
+        return int(self._state[1])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._state[1] = int(value)
 
     def _count(self, lost: int) -> None:
         """Record `lost` corrupt samples (reported with the next batch)."""
@@ -275,7 +310,11 @@ class ShardStream(IterableDataset):
 
 
 class ShardLoader(DataLoader):
-    """A DataLoader over a ShardStream; each new iteration is the next epoch (or `set_epoch`)."""
+    """A DataLoader over a ShardStream; each new iteration is the next epoch (or `set_epoch`).
+
+    Training loaders with workers keep them across epochs (`persistent_workers`): no worker
+    start-up (process, imports, shard listing, shuffle-buffer fill) at every epoch.
+    """
 
     def __init__(
         self, dataset: ShardStream, num_workers: int, batches_per_epoch: int | None, **kw: Any
@@ -317,11 +356,16 @@ def loader(
     normalize: bool = False,
     s3: storage.S3Config | None = None,
     pin_memory: bool = False,
+    as_stored: bool = False,
 ) -> ShardLoader:
     """Batches of a split (see the module docstring); rank/world_size default to torch.distributed.
 
     Training epochs have `batches_per_epoch` batches on every rank (default: num_samples //
     (world_size * batch_size), at least 1, rounded up to a multiple of num_workers).
+
+    `as_stored=True` hands over inputs as stored (images and video uint8, audio int16 tokens)
+    for `hip.model.modalities.to_float` to scale on the training device: the loader workers skip the float
+    conversion and the batches are a quarter of the size (half for audio).
     """
     manifest = (
         manifest_or_path
@@ -343,9 +387,17 @@ def loader(
         handler = handler or warn_and_skip
     else:
         handler = handler or wds.reraise_exception
+    persistent = train and num_workers > 0
     ds = ShardStream(
         urls, manifest, train=train, batch_size=batch_size, rank=rank, world_size=world_size,
         num_workers=num_workers, seed=seed, shuffle_buffer=shuffle_buffer,
         batches_per_worker=per_worker, handler=handler, normalize=normalize, s3=s3,
+        as_stored=as_stored,
     )  # fmt: skip
-    return ShardLoader(ds, num_workers, batches_per_epoch if train else None, pin_memory=pin_memory)
+    return ShardLoader(
+        ds,
+        num_workers,
+        batches_per_epoch if train else None,
+        pin_memory=pin_memory,
+        persistent_workers=persistent,
+    )

@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import re
 import tarfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -44,6 +45,7 @@ from PIL import Image
 
 import hip
 from hip import storage
+from hip.data.labels import label_encoder
 from hip.data.manifest import (
     FORMAT,
     MANIFEST,
@@ -51,7 +53,6 @@ from hip.data.manifest import (
     ShardInfo,
     SplitInfo,
     read_manifest,
-    task_type,
 )
 from hip.data.sources import (
     DEFAULT_SHUFFLE_SEED,
@@ -63,6 +64,7 @@ from hip.data.sources import (
     names_without_ignored,
     open_source,
     shuffled,
+    with_image_preset,
 )
 from hip.errors import UserError
 from hip.model.modalities import (
@@ -164,9 +166,7 @@ def _encode(
         members.append((f"{k}.audio.npy", _npy(raw["audio"].astype(np.int16))))
     if "video" in raw:
         members.append((f"{k}.video.npy", _npy(raw["video"].astype(np.uint8))))
-    labels = task_type(task)  # how labels are stored is the task type's to say
-    if labels is not None:
-        members.extend(labels.encode_label(k, item.label))
+    members.extend(label_encoder(task)(k, item.label))  # the task type's storage (hip.data.labels)
     return members
 
 
@@ -174,22 +174,70 @@ def _member_bytes(size: int) -> int:
     return _BLOCK + (size + _BLOCK - 1) // _BLOCK * _BLOCK
 
 
+def _ustar_header(name: bytes, size: int) -> bytes:
+    """The one 512-byte header block tarfile writes (PAX format) for a plain member `name`.
+
+    Fields as `build_tar` fixes them: mode 0644, uid/gid 0, empty owner names, mtime 0. Only
+    for ASCII names of at most 100 bytes and sizes below 8 GiB (tarfile then writes no pax
+    extended header); `build_tar` leaves anything else to tarfile.
+    """
+    head = b"".join(
+        (
+            name.ljust(100, b"\0"),
+            b"0000644\0",
+            b"0000000\0",
+            b"0000000\0",
+            b"%011o\0" % size,
+            b"00000000000\0",
+            b"        ",  # checksum, filled in below
+            tarfile.REGTYPE,
+            bytes(100),  # linkname
+            tarfile.POSIX_MAGIC,
+            bytes(32 + 32 + 8 + 8 + 155),  # uname, gname, devmajor, devminor, prefix
+        )
+    ).ljust(_BLOCK, b"\0")
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
+
+
 def build_tar(members: Iterable[tuple[str, bytes]]) -> bytes:
-    """A deterministic tar: fixed mtime/uid/gid/owner/mode, names checked to be relative."""
+    """A deterministic tar: fixed mtime/uid/gid/owner/mode, names checked to be relative.
+
+    Byte for byte what `tarfile` (PAX format) writes for these members, without its
+    per-member Python overhead (a third of the CPU of sharding small images).
+    """
+    parts: list[bytes] = []
+    for name, data in members:
+        check_member_name(name)
+        raw = name.encode("utf-8")
+        if len(raw) > 100 or not raw.isascii() or len(data) >= 8**11:
+            parts.append(_tarfile_member(name, data))
+        else:
+            parts += [_ustar_header(raw, len(data)), data, bytes(-len(data) % _BLOCK)]
+    body = b"".join(parts)
+    end = len(body) + 2 * _BLOCK
+    return body + bytes(2 * _BLOCK + -end % tarfile.RECORDSIZE)
+
+
+def _tarfile_member(name: str, data: bytes) -> bytes:
+    """One member (header(s), data, padding) as tarfile writes it, for what `_ustar_header` cannot."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
-            check_member_name(name)
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        tar.addfile(info, io.BytesIO(data))
+        end = tar.offset
+    return buf.getvalue()[:end]
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")  # `key.ext...`: always safe
 
 
 def check_member_name(name: str) -> None:
     """Raise UnsafeTarMember for absolute paths, `..`, backslashes or empty names."""
+    if _PLAIN_NAME.fullmatch(name):
+        return
     p = PurePosixPath(name)
     if (
         not name
@@ -404,25 +452,31 @@ def _parse_size(value: str | tuple[int, int] | list[int] | int | None) -> tuple[
     return (h, int(m.group(2) or h))
 
 
-def remove_stale_temp(output: str | Path, split: str) -> list[str]:
-    """Delete a split's temp files left by a killed writer in a local output folder; returns them.
+def remove_stale_temp(
+    output: str | Path, split: str, s3: storage.S3Config | None = None
+) -> list[str]:
+    """Delete a split's temporary files or keys left by a killed writer; returns their paths.
 
-    `hip.storage.atomic_write_bytes` writes `.<name>.<random>.tmp` beside the final name; a
-    SIGKILL between the write and the rename leaves it behind. Readers never list it (they
-    read only what the manifest names); this keeps the folder clean. S3 is left alone.
+    `hip.storage.write_bytes` writes `.<name>.<random>.tmp` beside the final name (local) or
+    uploads `<name>.tmp-<uuid>` and copies it to its key (S3). A SIGKILL between the write and
+    the rename, or an S3 outage between the upload and the copy, leaves it behind. Readers
+    never list it (they read only what the manifest names); this keeps the output clean.
     """
-    folder = Path(str(output))
-    if storage.is_s3(str(output)) or not folder.is_dir():
-        return []
-    pattern = re.compile(
-        rf"^\.({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}(-\d{{6}}-\d{{6}})?\.json)"
-        r"\..+\.tmp$"
+    name = (
+        rf"({re.escape(split)}-\d{{6}}\.tar|_progress-{re.escape(split)}(-\d{{6}}-\d{{6}})?\.json)"
     )
+    output = str(output)
+    if storage.is_s3(output):
+        pattern = re.compile(rf"^{name}\.tmp-[0-9a-f]+$")
+    elif Path(output).is_dir():
+        pattern = re.compile(rf"^\.{name}\..+\.tmp$")
+    else:
+        return []
     removed = []
-    for child in folder.iterdir():
-        if pattern.match(child.name):
-            child.unlink(missing_ok=True)
-            removed.append(str(child))
+    for child in storage.list_names(output, s3):
+        if pattern.match(child):
+            storage.delete(storage.join(output, child), s3)
+            removed.append(storage.join(output, child))
     return removed
 
 
@@ -434,7 +488,7 @@ def _check_options(
     unknown = sorted(set(options) - fields)
     if unknown:
         raise UserError(f"unknown shard option(s): {', '.join(unknown)}")
-    options = {k: v for k, v in options.items() if v is not None}
+    options = with_image_preset({k: v for k, v in options.items() if v is not None})
     for k in ("resize", "video_size"):
         if k in options:
             options[k] = _parse_size(options[k])
@@ -493,6 +547,9 @@ def _up_to_date(entry: SplitInfo | None, fp: str, output: str, s3: storage.S3Con
 # per_shard coming from max_count and max_bytes (see `_layout`). A partition is a set of shard
 # indexes, so every partitioning - one process, N processes, N Dask workers - writes the same
 # shards under the same names with the same bytes; the merge writes the manifest last.
+
+# The (fingerprint, shuffled items) of the last split planned in this process (one entry only).
+_LAST_ITEMS: tuple[str, list[Item]] | None = None
 
 PLAN_SAMPLES = 16  # readable samples decoded to fix the reference spec and the bytes per sample
 EARLY_FAIL_TRIES = 24  # _layout stops early when this many of its first inputs fail, and > 75%
@@ -649,16 +706,22 @@ def _recorded(
     """Shard records that earlier runs of the same inputs left in progress files (unverified)."""
     done: dict[int, dict[str, Any]] = {}
     for name in _progress_names(output, split, s3):
-        progress = _load_json(storage.join(output, name), s3) or {}
-        if (
-            progress.get("layout") != _LAYOUT
-            or progress.get("fingerprint") != fingerprint
-            or progress.get("per_shard") != per_shard
-        ):
-            continue
-        for rec in progress.get("shards", []):
-            done[int(rec["index"])] = rec
+        done.update(_records_in(storage.join(output, name), fingerprint, per_shard, s3))
     return done
+
+
+def _records_in(
+    uri: str, fingerprint: str, per_shard: int, s3: storage.S3Config | None
+) -> dict[int, dict[str, Any]]:
+    """Shard records of one progress file, if written for this layout (unverified)."""
+    progress = _load_json(uri, s3) or {}
+    if (progress.get("layout"), progress.get("fingerprint"), progress.get("per_shard")) != (
+        _LAYOUT,
+        fingerprint,
+        per_shard,
+    ):
+        return {}
+    return {int(rec["index"]): rec for rec in progress.get("shards", [])}
 
 
 def _load_item(item: Item, task: str, opts: SourceOptions) -> tuple[Any, dict, list] | str:
@@ -752,6 +815,8 @@ def plan_shards(
     for note in defaults.get("notes", []):
         log(f"{split}: {note}")
     fp = _fingerprint(src, opts, split, max_count, max_bytes, seed)
+    global _LAST_ITEMS
+    _LAST_ITEMS = (fp, items)  # partitions written in this process need not list the inputs again
     plan = ShardPlan(
         source=source, input=None if input is None else str(input), output=output, split=split,
         options=dict(options), max_count=max_count, max_bytes=max_bytes, seed=seed,
@@ -759,7 +824,7 @@ def plan_shards(
         source_type=src.type, description=dict(src.description),
         listing_skipped=list(src.skipped), defaults=defaults,
     )  # fmt: skip
-    for stale in remove_stale_temp(output, split):
+    for stale in remove_stale_temp(output, split, s3):
         log(f"{split}: removed {Path(stale).name} (left by an interrupted write)")
     if old is not None and _up_to_date(old.splits.get(split), fp, output, s3):
         log(f"{split}: up to date ({len(old.splits[split].shards)} shards verify)")
@@ -843,23 +908,33 @@ def write_partition(
     Runs anywhere the inputs and output are reachable (another process, a Dask worker): it
     re-opens the source and checks it still has the plan's fingerprint. After each shard, the
     partition's progress file `_progress-{split}-{first:06d}-{end:06d}.json` is rewritten, so a
-    killed partition loses at most the shard it was writing.
+    killed partition loses at most the shard it was writing: the next attempt reads that file
+    and keeps the shards it lists that still verify.
     """
     log = log or (lambda msg: None)
     if not indexes:
         return []
     opts = _check_options(plan.options, plan.split, plan.max_count, plan.max_bytes)
-    src = open_source(plan.source, plan.input, plan.split, opts)
-    opts = _resolve(opts, plan.defaults)
-    if _fingerprint(src, opts, plan.split, plan.max_count, plan.max_bytes, plan.seed) != (
-        plan.fingerprint
-    ):
-        raise UserError(f"{plan.source}: the inputs of split {plan.split!r} changed while sharding")
-    items = shuffled(src.items, plan.seed)
+    if _LAST_ITEMS is not None and _LAST_ITEMS[0] == plan.fingerprint:
+        items = _LAST_ITEMS[1]  # planned in this process: the listing is a moment old
+        opts = _resolve(opts, plan.defaults)
+    else:
+        src = open_source(plan.source, plan.input, plan.split, opts)
+        opts = _resolve(opts, plan.defaults)
+        if _fingerprint(src, opts, plan.split, plan.max_count, plan.max_bytes, plan.seed) != (
+            plan.fingerprint
+        ):
+            raise UserError(
+                f"{plan.source}: the inputs of split {plan.split!r} changed while sharding"
+            )
+        items = shuffled(src.items, plan.seed)
     uri = _progress_uri(plan.output, plan.split, indexes)
+    # A retried or rescheduled partition (Prefect retry, Dask after a lost worker) finds what
+    # its killed attempt recorded since the plan was made.
+    done = {**plan.done, **_records_in(uri, plan.fingerprint, plan.per_shard, s3)}
     records: list[dict[str, Any]] = []
     for index in indexes:
-        rec = plan.done.get(index)
+        rec = done.get(index)
         if not _reusable(plan, rec, s3):
             rec = _write_shard(plan, index, items, opts, s3)
             progress = {
@@ -997,7 +1072,8 @@ def merge_shards(
     """Write the manifest from every partition's shard records, last and atomically.
 
     Every shard slot of the plan must have a record; the split replaces its old entry in the
-    output's manifest (other splits are kept), then the progress files are deleted.
+    output's manifest (other splits are kept), then the progress files and any temporary file
+    a killed partition left (local output) are deleted.
     """
     log = log or (lambda msg: None)
     if plan.current is not None:
@@ -1020,11 +1096,25 @@ def merge_shards(
     manifest.write(plan.output, s3)
     for name in _progress_names(plan.output, plan.split, s3):
         storage.delete(storage.join(plan.output, name), s3)
+    for stale in remove_stale_temp(plan.output, plan.split, s3):  # a worker killed mid-write
+        log(f"{plan.split}: removed {PurePosixPath(stale).name} (left by an interrupted write)")
     log(
         f"{plan.split}: {entry.num_samples} samples in {len(entry.shards)} shard(s), "
         f"{len(entry.skipped)} skipped"
     )
     return manifest
+
+
+def worker_start_method() -> str:
+    """`fork` when this process runs one thread on a platform that forks, else `spawn`.
+
+    A forked worker starts in milliseconds and inherits the imports and the input listing of
+    the plan (`_LAST_ITEMS`); a spawned one starts a fresh interpreter (~0.3 s of CPU on 2
+    cores) and lists the inputs again. Forking a process with other threads could copy a lock
+    one of them holds (a Prefect flow, a training loop), so those spawn.
+    """
+    forks = "fork" in multiprocessing.get_all_start_methods()
+    return "fork" if forks and threading.active_count() == 1 else "spawn"
 
 
 def _child_partition(
@@ -1046,6 +1136,7 @@ def shard(
     max_bytes: int = DEFAULT_MAX_BYTES,
     seed: int | None = DEFAULT_SHUFFLE_SEED,
     workers: int = 1,
+    start_method: str | None = None,
     s3: storage.S3Config | None = None,
     log: Callable[[str], None] | None = None,
     **options: Any,
@@ -1057,8 +1148,9 @@ def shard(
     batches (a shuffle buffer cannot mix a large single-class run). `seed=None` keeps the
     sorted input order.
 
-    `workers` > 1 writes contiguous partitions of the shard layout in that many processes
-    (spawned); the shards and manifest are the same for every `workers`.
+    `workers` > 1 writes contiguous partitions of the shard layout in that many processes; the
+    shards and manifest are the same for every `workers`. `start_method` (`fork`, `forkserver`,
+    `spawn`; default: see `worker_start_method`) is how those processes start.
 
     `options` are SourceOptions fields (limit, resize, channels, image_format, sample_rate,
     clip_seconds, audio_length, audio_crop, fps, video_size, pattern, split_pattern, preset,
@@ -1079,7 +1171,7 @@ def shard(
     if len(parts) == 1:
         records = write_partition(plan, parts[0], s3, log)
     else:
-        ctx = multiprocessing.get_context("spawn")  # no forked locks, sockets or torch threads
+        ctx = multiprocessing.get_context(start_method or worker_start_method())
         with concurrent.futures.ProcessPoolExecutor(len(parts), mp_context=ctx) as pool:
             futures = [
                 pool.submit(_child_partition, plan, part, s3, log is not None) for part in parts

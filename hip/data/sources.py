@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import os
 import random
 import re
 import wave
@@ -50,6 +51,23 @@ AUDIO_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Presets for image sources (`imagefolder`, `csv`): defaults for options the user did not give.
+# ImageNet-style photos go to JPEG shards: quality 95 is visually lossless on photos, the
+# shards are ~2x smaller than PNG and decode ~2x faster in the loader (docs/BENCHMARKS.md).
+IMAGE_PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet": {"resize": (224, 224), "channels": 3, "image_format": "jpeg"},
+}
+
+
+def with_image_preset(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with an image preset's defaults filled in where the option is not given."""
+    name = options.get("preset")
+    if name not in IMAGE_PRESETS:
+        return options
+    given = {k: v for k, v in options.items() if v is not None}
+    return {**IMAGE_PRESETS[name], **given}
+
+
 @dataclasses.dataclass
 class SourceOptions:
     """Shard-time options shared by all sources (unused ones are ignored by a source)."""
@@ -67,7 +85,7 @@ class SourceOptions:
     video_size: tuple[int, int] = (32, 32)  # (H, W) of decoded frames
     pattern: str | None = None  # audiofolder: regex with a named group `label`
     split_pattern: str | None = None  # audiofolder: regex a file name must match for --split
-    preset: str | None = None  # audiofolder: e.g. fsdd
+    preset: str | None = None  # audiofolder: e.g. fsdd; imagefolder/csv: imagenet
     segments_csv: str | None = None  # audioset: segment CSV (default INPUT/segments.csv)
     class_index_csv: str | None = (
         None  # audioset: class index CSV (default INPUT/class_labels_indices.csv)
@@ -359,7 +377,12 @@ def load_video(path: str | Path, opts: SourceOptions) -> np.ndarray:
 
 
 def _files(folder: Path, exts: set[str]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    """The files in `folder` with one of `exts`, sorted (scandir: no stat per file on most disks)."""
+    with os.scandir(folder) as entries:
+        names = [
+            e.name for e in entries if os.path.splitext(e.name)[1].lower() in exts and e.is_file()
+        ]
+    return [folder / n for n in sorted(names)]
 
 
 def _need_dir(path: Path, what: str) -> Path:
@@ -386,6 +409,10 @@ def _audio_length_required(opts: SourceOptions, source: str) -> None:
 
 def imagefolder(input: str, split: str, opts: SourceOptions) -> Source:
     """ImageNet-style `ROOT[/SPLIT]/<class>/<image>`; labels are the sorted class folder names."""
+    if opts.preset and opts.preset not in IMAGE_PRESETS:
+        raise UserError(
+            f"imagefolder: unknown preset {opts.preset!r} (known: {sorted(IMAGE_PRESETS)})"
+        )
     root = _split_dir(_need_dir(Path(input), "imagefolder"), split)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:

@@ -1,17 +1,37 @@
 """Turn raw signals into HiP's flat `[M, C]` modality arrays and back.
 
 Every function accepts leading batch dimensions: `[..., H, W, C] -> [..., H*W, C]`.
-Works on torch tensors and numpy arrays alike.
+Works on torch tensors and numpy arrays alike. Imports no torch itself (the sharder uses it in
+processes that never load torch): a torch tensor passed in brings torch with it.
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", torch.Tensor, np.ndarray)
+if TYPE_CHECKING:
+    import torch
+
+    Array = TypeVar("Array", torch.Tensor, np.ndarray)
+else:
+    Array = TypeVar("Array")
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """Float32 inputs from a tensor in its stored dtype (uint8 / 255, int16 / 32768), on its device.
+
+    The loader hands training batches over as stored (`hip.data.loader(..., as_stored=True)`);
+    this is the same float32 division it does in numpy otherwise, so the values are identical.
+    """
+    import torch
+
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if x.dtype == torch.int16:
+        return x.float() / 32768.0
+    return x.float()
 
 
 def image_to_tokens(image: Array, channels_last: bool = True) -> Array:
@@ -53,10 +73,12 @@ def audio_to_tokens(waveform: Array, samples_per_token: int = 1) -> Array:
     pad = -t % n
     if pad:
         widths = [(0, 0)] * len(lead) + [(0, pad)]
-        if isinstance(waveform, torch.Tensor):
-            waveform = torch.nn.functional.pad(waveform, (0, pad))
-        else:
+        if isinstance(waveform, np.ndarray):
             waveform = np.pad(waveform, widths)
+        else:  # a torch tensor
+            import torch
+
+            waveform = torch.nn.functional.pad(waveform, (0, pad))
     return waveform.reshape(*lead, (t + pad) // n, n)
 
 

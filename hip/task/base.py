@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hip.model.modalities import to_float
+
 
 @dataclass
 class EvalResult:
@@ -114,10 +116,10 @@ class Task:
 
 
 def inputs_to_device(
-    inputs: dict[str, torch.Tensor], device: torch.device
+    inputs: dict[str, torch.Tensor], device: torch.device, non_blocking: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Float32 copies of a batch's input modalities on `device`."""
-    return {k: v.to(device).float() for k, v in inputs.items()}
+    """Float32 copies of a batch's input modalities on `device` (stored uint8/int16 scaled there)."""
+    return {k: to_float(v.to(device, non_blocking=non_blocking)) for k, v in inputs.items()}
 
 
 def label_range_error(where: str, what: str, value: int, num_classes: int, key: str = "") -> Any:

@@ -34,6 +34,7 @@ from hip.errors import UserError
 from hip.rundir import RunFolder
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
+from hip.task.base import inputs_to_device
 from hip.threads import configure_threads
 from hip.train import step as hstep
 from hip.train.checkpointer import Checkpointer, TrainState, seed_all
@@ -167,10 +168,13 @@ def build_model(
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch (nested one level) to `device`."""
+    """Move every tensor of a batch (nested one level) to `device`; inputs become float32 there
+    (the loader hands them over as stored: uint8 images, int16 audio)."""
     out: dict[str, Any] = {}
     for k, v in batch.items():
-        if isinstance(v, dict):
+        if k == "inputs":
+            out[k] = inputs_to_device(v, device, non_blocking=True)
+        elif isinstance(v, dict):
             out[k] = {n: t.to(device, non_blocking=True) for n, t in v.items()}
         elif isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=True)
