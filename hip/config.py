@@ -78,7 +78,10 @@ class MAESection:
     """Masked auto-encoding settings."""
 
     mask_ratio: float = 0.85
-    norm_targets: bool = False
+    # off | group (per group and channel; true = group) | patch (ours: per norm_patch x
+    # norm_patch image patch). Measured in docs/BENCHMARKS.md, "Issue 16".
+    norm_targets: str = "off"
+    norm_patch: int = 4
 
 
 @dataclass
@@ -365,6 +368,14 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"optim.position_lr_mult must be > 0, got {cfg.optim.position_lr_mult}")
     if not 0.0 < cfg.mae.mask_ratio < 1.0:
         raise UserError(f"mae.mask_ratio must be in (0, 1), got {cfg.mae.mask_ratio}")
+    from hip.model.mae import norm_targets_mode
+
+    try:
+        norm_targets_mode(cfg.mae.norm_targets)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg.mae.norm_patch < 1:
+        raise UserError(f"mae.norm_patch must be >= 1, got {cfg.mae.norm_patch}")
     if cfg.data.num_workers < 0:
         raise UserError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     # The model preset and its overrides are checked now, not after the data has loaded.

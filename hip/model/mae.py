@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hip.errors import InputShapeError
@@ -19,13 +21,87 @@ from hip.model.masking import (
     kept_per_group,
 )
 
+NORM_TARGETS = ("off", "group", "patch")
+
+
+def norm_targets_mode(value: bool | str | None) -> str:
+    """`mae.norm_targets` as one of NORM_TARGETS (booleans: true = group, false = off)."""
+    text = str(value).strip().lower()
+    mode = {"true": "group", "false": "off", "none": "off", "": "off"}.get(text, text)
+    if mode not in NORM_TARGETS:
+        raise ValueError(
+            f"mae.norm_targets must be one of {NORM_TARGETS} or a boolean, got {value!r}"
+        )
+    return mode
+
 
 @dataclass
 class MAEConfig:
-    """MAE settings: fraction of tokens hidden per group, and MAE's norm_pix_loss analogue."""
+    """MAE settings: fraction of tokens hidden per group, and MAE's norm_pix_loss analogue.
+
+    `norm_targets`: `off` (raw targets), `group` (per group and channel, as the official
+    release would; `True` means this) or `patch` (ours: per non-overlapping `norm_patch` x
+    `norm_patch` patch of the image and channel, MAE's per-patch norm; a modality without a
+    2-D shape in `shapes` uses runs of `norm_patch**2` consecutive tokens).
+    """
 
     mask_ratio: float = 0.85
-    norm_targets: bool = False
+    norm_targets: bool | str = False
+    norm_patch: int = 4
+    shapes: dict[str, tuple[int, int]] | None = None  # {modality: (height, width)} for `patch`
+
+    def __post_init__(self) -> None:
+        """Map booleans and names to one mode; check the patch side."""
+        self.norm_targets = norm_targets_mode(self.norm_targets)
+        if self.norm_patch < 1:
+            raise ValueError(f"mae.norm_patch must be >= 1, got {self.norm_patch}")
+
+
+def mae_options(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """MAEConfig's target-normalisation fields from a checkpoint's model meta."""
+    mae = meta.get("mae") or {}
+    shapes = {}  # rows x width; a video's frames stack as rows
+    for name, lay in (meta.get("layout") or {}).items():
+        tokens, width = int((meta.get("modalities") or {}).get(name, [0])[0]), lay.get("width")
+        if width and tokens and tokens % int(width) == 0:
+            shapes[name] = (tokens // int(width), int(width))
+    return {
+        "norm_targets": norm_targets_mode(mae.get("norm_targets", False)),
+        "norm_patch": int(mae.get("norm_patch", 4)),
+        "shapes": shapes or None,
+    }
+
+
+def patch_stats(
+    x: torch.Tensor, height: int, width: int, size: int, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch, per-channel mean and std of `x` `[B, H*W, C]`, broadcast back to `[B, H*W, C]`.
+
+    Patches are `size` x `size` and do not overlap (`size**2` x 1 when `width` is 1); edge
+    patches cut by the image border use only their pixels. std includes `eps` in the variance.
+    """
+    b, m, c = x.shape
+    if m != height * width:
+        raise InputShapeError(f"{m} tokens are not a {height}x{width} image")
+    ph, pw = (size, size) if width > 1 else (size * size, 1)
+    img = x.float().reshape(b, height, width, c).permute(0, 3, 1, 2)
+    pad = (0, (-width) % pw, 0, (-height) % ph)
+    ones = F.pad(torch.ones(1, 1, height, width, device=x.device), pad)
+    count = F.avg_pool2d(ones, (ph, pw)) * (ph * pw)
+
+    def pooled_mean(t: torch.Tensor) -> torch.Tensor:
+        """Mean over each patch's real pixels, spread back over the patch."""
+        s = F.avg_pool2d(F.pad(t, pad), (ph, pw)) * (ph * pw) / count
+        return s.repeat_interleave(ph, 2).repeat_interleave(pw, 3)[..., :height, :width]
+
+    mean = pooled_mean(img)
+    std = (pooled_mean((img - mean) ** 2) + eps).sqrt()
+
+    def dense(t: torch.Tensor) -> torch.Tensor:
+        """`[B, C, H, W]` -> `[B, H*W, C]` in the input's dtype."""
+        return t.permute(0, 2, 3, 1).reshape(b, m, c).to(x.dtype)
+
+    return dense(mean), dense(std)
 
 
 @dataclass
@@ -81,6 +157,35 @@ class MAE(nn.Module):
     def _targets(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw inputs grouped per modality: `{name: [B, g, L, C]}` with zero padding."""
         return {m.name: group_modality(m, inputs[m.name]) for m in self.model.plan.modalities}
+
+    def _patch_stats(self, name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`patch_stats` of one modality `[B, M, C]` with its 2-D shape (or 1-D runs)."""
+        height, width = (self.config.shapes or {}).get(name, (x.shape[1], 1))
+        return patch_stats(x, height, width, self.config.norm_patch)
+
+    def target_stats(
+        self, inputs: Mapping[str, torch.Tensor], mask: GroupMask
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Dense `{name: (mean, std)}` `[B, M, C]` that normalise the targets; {} when `off`."""
+        mode = self.config.norm_targets
+        if mode == "off":
+            return {}
+        if mode == "patch":
+            return {
+                m.name: self._patch_stats(m.name, inputs[m.name])
+                for m in self.model.plan.modalities
+            }
+        raw = self._targets(inputs)
+        means, stds = {}, {}
+        for m in self.model.plan.modalities:
+            _, mean, std = self._normalise(raw[m.name], mask.real[m.groups])
+            means[m.name] = mean.expand_as(raw[m.name])
+            stds[m.name] = std.expand_as(raw[m.name])
+        means, stds = (
+            self.model.ungroup_reconstruction(means),
+            self.model.ungroup_reconstruction(stds),
+        )
+        return {k: (means[k], stds[k]) for k in means}
 
     def _normalise(
         self, target: torch.Tensor, real: torch.Tensor
@@ -165,11 +270,18 @@ class MAE(nn.Module):
         queries = gather_positions(self.model.grouped_positions()[0], mask.masked)
         preds = self.model.reconstruct(z, queries)
         weight = mask.masked_is_real()
+        mode = self.config.norm_targets
+        if mode == "patch":  # normalised in the image's layout, then grouped
+            inputs = {
+                k: (x - mean) / std
+                for k, x in inputs.items()
+                for mean, std in [self._patch_stats(k, x)]
+            }
         raw = self._targets(inputs)
         targets, total, count = {}, 0.0, 0.0
         for m in self.model.plan.modalities:
             target = raw[m.name]
-            if self.config.norm_targets:
+            if mode == "group":
                 target = self._normalise(target, mask.real[m.groups])[0]
             target = gather_groups(target, mask.masked[:, m.groups])
             targets[m.name] = target
@@ -186,12 +298,17 @@ class MAE(nn.Module):
         inputs: Mapping[str, torch.Tensor],
         generator: torch.Generator | None = None,
         mask: GroupMask | None = None,
+        stats_only: bool = False,
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Full reconstructions for pictures: `{"prediction", "masked", "composite"}` per modality.
 
         `prediction` is the model's output at every position (decoded from the visible
         tokens only), `masked` a bool `[B, M]` (True = hidden), `composite` the visible input
         with predictions pasted into the hidden positions (the MAE paper's figure).
+        With normalised targets the output is un-normalised with the true statistics of the
+        whole input (as the MAE paper's figures do), which hands the prediction those means;
+        `stats_only=True` predicts zero in normalised space, i.e. the means alone (the
+        baseline that leak gives for free; no model pass).
         """
         inputs = self.model.check_inputs(inputs, require_all=True)
         norm = self.model.input_norm
@@ -199,14 +316,16 @@ class MAE(nn.Module):
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
-        z = self.encode_visible(normed, mask)
-        grouped = self.model.reconstruct(z, self.model.grouped_positions())
-        if self.config.norm_targets:  # undo the per-group normalisation with the true statistics
-            targets = self._targets(normed)
-            for m in self.model.plan.modalities:
-                _, mean, std = self._normalise(targets[m.name], mask.real[m.groups])
-                grouped[m.name] = grouped[m.name] * std + mean
-        pred = self.model.ungroup_reconstruction(grouped)
+        if stats_only:
+            pred = {k: torch.zeros_like(x) for k, x in normed.items()}
+        else:
+            z = self.encode_visible(normed, mask)
+            pred = self.model.ungroup_reconstruction(
+                self.model.reconstruct(z, self.model.grouped_positions())
+            )
+        # Undo the target normalisation with the true statistics.
+        for name, (mean, std) in self.target_stats(normed, mask).items():
+            pred[name] = pred[name] * std + mean
         for name, x in inputs.items():  # back to the raw input scale
             stats = norm.stats(name, x)
             if stats is not None:

@@ -26,6 +26,7 @@ class ClassBottleneckTask(ClassificationTask):
         """A `BottleneckClassifier` with a `label` modality of the checkpoint's class count."""
         from hip.model import MAEConfig
         from hip.model.bottleneck_classifier import create_bottleneck_classifier
+        from hip.model.mae import mae_options
 
         mods = {k: tuple(v) for k, v in meta["modalities"].items()}
         mae = meta.get("mae") or {}
@@ -35,7 +36,7 @@ class ClassBottleneckTask(ClassificationTask):
             int(meta["num_classes"]),
             mae=MAEConfig(
                 mask_ratio=float(mae.get("mask_ratio", 0.85)),
-                norm_targets=bool(mae.get("norm_targets", False)),
+                **mae_options(meta),
             )
             if self.joint_mae
             else None,

@@ -24,6 +24,7 @@ class MAETask(Task):
     def build_model(self, meta: dict[str, Any]) -> nn.Module:
         """An MAE around a fresh HiP of the checkpoint's preset and modalities."""
         from hip.model import MAE, MAEConfig, create_model
+        from hip.model.mae import mae_options
 
         mods = {k: tuple(v) for k, v in meta["modalities"].items()}
         mae = meta.get("mae") or {}
@@ -31,7 +32,7 @@ class MAETask(Task):
             create_model(meta["preset"], mods, **dict(meta.get("overrides") or {})),
             MAEConfig(
                 mask_ratio=float(mae.get("mask_ratio", 0.85)),
-                norm_targets=bool(mae.get("norm_targets", False)),
+                **mae_options(meta),
             ),
         )
 
@@ -63,7 +64,10 @@ class MAETask(Task):
             raise EmptySplit("has no samples")
         means = {k: (sums[k] / count).float() for k in names}
         gen = torch.Generator().manual_seed(data.seed + 12345)
-        err = base = gbase = loss_sum = n_masked = 0.0
+        err = base = gbase = sbase = loss_sum = n_masked = 0.0
+        # With normalised targets the reconstruction is un-normalised with the true statistics
+        # (means of the hidden pixels too); score that leak alone as a baseline.
+        stats_only = getattr(getattr(model, "config", None), "norm_targets", "off") != "off"
         rec: dict[str, list[np.ndarray]] = {"original": [], "masked": [], "composite": []}
         n_batches = 0
         for batch in data.batches():
@@ -73,6 +77,9 @@ class MAETask(Task):
             loss_sum += float(model(inputs, generator=gen).loss)
             gen.set_state(state)  # the same mask for the reconstruction
             out = model.reconstruct(inputs, generator=gen)
+            if stats_only:  # the same mask: predicting only the normalisation's means
+                gen.set_state(state)
+                means_only = model.reconstruct(inputs, generator=gen, stats_only=True)
             for k in names:
                 x = inputs[k].cpu()
                 pred, hidden = out[k]["prediction"].float().cpu(), out[k]["masked"].cpu()
@@ -81,6 +88,9 @@ class MAETask(Task):
                 err += float((((pred - x) ** 2) * w).sum())
                 base += float((((means[k] - x) ** 2) * w).sum())
                 gbase += float((((x.mean() - x) ** 2) * w).sum())
+                if stats_only:
+                    leak = means_only[k]["prediction"].float().cpu()
+                    sbase += float((((leak - x) ** 2) * w).sum())
             if len(rec["original"]) * x.shape[0] < data.num_reconstructions:
                 k = names[0]
                 rec["original"].append(inputs[k].cpu().numpy())
@@ -97,6 +107,8 @@ class MAETask(Task):
         metrics["mse_vs_baseline"] = metrics["masked_mse"] / max(
             metrics["mean_baseline_mse"], 1e-12
         )
+        if stats_only:
+            metrics["target_stats_baseline_mse"] = sbase / max(n_masked, 1)
         recs = {k: np.concatenate(v)[: data.num_reconstructions] for k, v in rec.items() if v}
         return EvalResult(
             metrics,

@@ -31,6 +31,7 @@ from hip import export
 from hip.config import to_dict
 from hip.data.dataset import Dataset, infinite, open_dataset
 from hip.errors import UserError
+from hip.model.mae import norm_targets_mode
 from hip.rundir import RunFolder
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
@@ -78,7 +79,8 @@ def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dic
         "label_names": list(source.label_names),
         "mae": {
             "mask_ratio": float(cfg.mae.mask_ratio),
-            "norm_targets": bool(cfg.mae.norm_targets),
+            "norm_targets": norm_targets_mode(cfg.mae.norm_targets),
+            "norm_patch": int(cfg.mae.norm_patch),
         },
         "benchmark": cfg.task.benchmark,
         "data_fingerprint": source.fingerprint,
