@@ -107,8 +107,35 @@ def test_audiofolder_regex_and_folders(tmp_path):
     assert torch.allclose(b["inputs"]["audio"][yes, 0, 0], torch.tensor(1000 / 32768))
     assert b["inputs"]["audio"].shape == (6, 8, 16)  # 128 samples, 16 per token
     assert b["inputs"]["audio"][0, 7, 8] == 0  # sample 120: padded with silence
-    with pytest.raises(UserError, match="clip-seconds"):
-        shard("audiofolder", src, tmp_path / "o2", pattern=r"^(?P<label>[a-z]+)-")
+    # No length given: the clips (100, 101, 102 samples, two of each) are fitted to the most
+    # common length, the longest on a tie, read from the wav headers.
+    m2 = shard("audiofolder", src, tmp_path / "o2", pattern=r"^(?P<label>[a-z]+)-\d+\.wav$")
+    assert m2.modalities["audio"]["length"] == 102 and m2.splits["train"].num_samples == 6
+    assert "102 samples" in " ".join(m2.splits["train"].options["defaults"])
+    # ... unless a clip is not a wav file: its length is unknown before decoding.
+    (src / "yes-9.flac").write_bytes(b"fLaC")
+    with pytest.raises(UserError, match="not a wav file.*clip-seconds"):
+        shard("audiofolder", src, tmp_path / "o3", pattern=r"^(?P<label>[a-z]+)-")
+
+
+def test_an_audio_folder_of_equal_clips_needs_no_length_and_mixed_rates_are_resampled(tmp_path):
+    for lab, rate in (("a", 8000), ("a", 16000), ("b", 16000), ("b", 16000)):
+        folder = tmp_path / "src" / lab
+        folder.mkdir(parents=True, exist_ok=True)
+        write_wav(
+            folder / f"{rate}-{len(list(folder.iterdir()))}.wav", np.full(rate // 10, 500), rate
+        )
+    m = shard("audiofolder", tmp_path / "src", tmp_path / "o")
+    audio = m.modalities["audio"]
+    assert (audio["sample_rate"], audio["length"]) == (16000, 1600)  # 0.1 s at the common rate
+    assert m.splits["train"].num_samples == 4
+    same = tmp_path / "same"
+    for lab in ("a", "b"):
+        (same / lab).mkdir(parents=True)
+        write_wav(same / lab / "0.wav", np.full(800, 500), 8000)
+    m = shard("audiofolder", same, tmp_path / "o2")
+    assert m.modalities["audio"]["length"] == 800
+    assert "defaults" not in m.splits["train"].options  # nothing had to be chosen
 
 
 def test_segfolder_isbi_binary_masks(tmp_path):

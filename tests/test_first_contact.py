@@ -153,7 +153,7 @@ def test_an_audio_folder_at_44k_goes_from_folder_to_report(tmp_path, monkeypatch
             for i in range(count):
                 _wav(folder / f"{i}.wav", 0.5 * np.sin(2 * np.pi * freq * t + i), rate)
         inputs[split] = tmp_path / "sounds" / split
-    _shard(inputs, tmp_path / "shards", "--clip-seconds", "0.05")  # a length is required
+    _shard(inputs, tmp_path / "shards")  # length and rate from the wav headers
     drawn = Drawn(monkeypatch)
     meta, _, ft_report = _first_contact(tmp_path, tmp_path / "shards", "classification")
     audio = meta["layout"]["audio"]

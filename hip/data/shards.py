@@ -35,6 +35,7 @@ import multiprocessing
 import re
 import tarfile
 import threading
+import wave
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -629,8 +630,62 @@ def _input_defaults(
     return out if out["notes"] else {}
 
 
+def _audio_defaults(src: Source, opts: SourceOptions) -> dict[str, Any]:
+    """Sample rate and length for an audio folder given neither: from the wav headers.
+
+    Clips of one length and rate need nothing. Rates that differ are resampled to the most
+    common one (ties: the higher); lengths that differ are padded with silence or cropped to
+    the most common length (ties: the longer), as `--audio-length` does. Inputs that are not
+    wav files have no cheap header: then a length must be given."""
+    if src.type != "audiofolder" or opts.audio_length is not None or opts.clip_seconds:
+        return {}
+    rates: Counter[int] = Counter()
+    clips: list[tuple[int, int]] = []
+    for item in src.items:
+        path = Path(item.origin)
+        if path.suffix.lower() != ".wav":
+            raise UserError(
+                f"audiofolder: {path.name} is not a wav file, so clip lengths are not known "
+                "before decoding; pass --clip-seconds S or --audio-length N (clips are padded "
+                "with silence or cropped)"
+            )
+        try:
+            with wave.open(str(path), "rb") as w:
+                rate, frames = w.getframerate(), w.getnframes()
+        except (wave.Error, EOFError, OSError):
+            continue  # unreadable: reported when it is loaded
+        rates[rate] += 1
+        clips.append((rate, frames))
+    if not clips:
+        return {}
+    out: dict[str, Any] = {"notes": []}
+    target = opts.sample_rate
+    if target is None and len(rates) > 1:
+        target, count = max(rates.items(), key=lambda kv: (kv[1], kv[0]))
+        out["sample_rate"] = target
+        out["notes"].append(
+            f"clips have {len(rates)} sample rates ({count} of {len(clips)} at {target} Hz): "
+            f"all resampled to {target} Hz (no --sample-rate given)"
+        )
+    target = target or next(iter(rates))
+    lengths = Counter(round(frames * target / rate) for rate, frames in clips)
+    if len(lengths) > 1 or any(rate != target for rate in rates):
+        length, count = max(lengths.items(), key=lambda kv: (kv[1], kv[0]))
+        out["audio_length"] = length
+        out["notes"].append(
+            f"clips differ in length ({len(lengths)} lengths; {count} of {len(clips)} are "
+            f"{length} samples = {length / target:.3f} s at {target} Hz): each is padded with "
+            "silence or cropped to that (no --clip-seconds given)"
+        )
+    return out if out["notes"] else {}
+
+
 def _resolve(opts: SourceOptions, defaults: dict[str, Any]) -> SourceOptions:
     """`opts` with the choices made for what the user left out (the source's loaders share it)."""
+    if "sample_rate" in defaults:
+        opts.sample_rate = int(defaults["sample_rate"])
+    if "audio_length" in defaults:
+        opts.audio_length = int(defaults["audio_length"])
     if "image_format" in defaults:
         opts.image_format = defaults["image_format"]
     if "resize" in defaults:
@@ -807,6 +862,10 @@ def plan_shards(
     if old is not None and set(old.splits) - {split}:
         others = old.modalities.get("image")
     defaults = _input_defaults(src, opts, others)
+    audio = _audio_defaults(src, opts)
+    defaults = {**defaults, **audio, "notes": defaults.get("notes", []) + audio.get("notes", [])}
+    if not defaults["notes"]:
+        del defaults["notes"]
     if opts.image_format == "auto" and not _mostly_jpeg(src.items):
         defaults["image_format"] = "png"  # the same bytes (and manifest) as an explicit png
     opts = _resolve(opts, defaults)

@@ -557,7 +557,8 @@ def audiofolder(input: str, split: str, opts: SourceOptions) -> Source:
             opts.sample_rate = preset["sample_rate"]
         if opts.clip_seconds is None and opts.audio_length is None:
             opts.clip_seconds = preset["clip_seconds"]
-    _audio_length_required(opts, "audiofolder")
+    # No length given: hip.data.shards picks the most common one from the wav headers (or asks
+    # for --clip-seconds when the inputs are not wav files and their lengths are unknown).
     if (root / "recordings").is_dir() and not any(_files(root, AUDIO_EXTS)):
         root = root / "recordings"
     regex = re.compile(pattern) if pattern else None
