@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -93,9 +94,15 @@ class S3Server:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            # its own session, and SIGTERM when this process dies: a killed test run (CI's
-            # timeout, Ctrl-C twice) leaves no weed behind
-            preexec_fn=_die_with_parent,
+            # Its own session, and SIGTERM when this process dies, so a killed test run (CI's
+            # timeout) leaves no weed behind. The kernel sends that signal when the *thread*
+            # that started it ends, so a restart from a helper thread (the fault tests) only
+            # gets its own session.
+            **(
+                {"preexec_fn": _die_with_parent}
+                if threading.current_thread() is threading.main_thread()
+                else {"start_new_session": True}
+            ),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
