@@ -168,6 +168,10 @@ class S3Unreachable(UserError):
     """The S3 endpoint did not answer (down or restarting), after botocore's own retries."""
 
 
+class S3ObjectError(UserError):
+    """S3 answered a request with a server-side error (e.g. InternalError) after retries."""
+
+
 def _s3_error(exc: Exception, uri: str, config: S3Config | None) -> Exception:
     """Translate botocore failures into UserErrors naming endpoint and bucket (never secrets)."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
@@ -186,7 +190,7 @@ def _s3_error(exc: Exception, uri: str, config: S3Config | None) -> Exception:
             return UserError(f"S3 bucket does not exist at {where}")
         if code in {"NoSuchKey", "404"}:
             return FileNotFoundError(f"no such object: {uri} ({where})")
-        return UserError(f"S3 error {code} for {uri} at {where}")
+        return S3ObjectError(f"S3 error {code} for {uri} at {where}")
     if isinstance(exc, EndpointConnectionError):
         return S3Unreachable(f"cannot reach S3 at {where}: {exc}")
     if isinstance(exc, NoCredentialsError):

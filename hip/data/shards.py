@@ -35,6 +35,7 @@ import multiprocessing
 import re
 import tarfile
 import threading
+import warnings
 import wave
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -768,8 +769,16 @@ def _recorded(
 def _records_in(
     uri: str, fingerprint: str, per_shard: int, s3: storage.S3Config | None
 ) -> dict[int, dict[str, Any]]:
-    """Shard records of one progress file, if written for this layout (unverified)."""
-    progress = _load_json(uri, s3) or {}
+    """Shard records of one progress file, if written for this layout (unverified).
+
+    The records are only hints (each shard is re-checked before it is reused), so a progress
+    file the server cannot return (SeaweedFS answered InternalError for one written as it was
+    killed) is ignored and that partition's shards are written again."""
+    try:
+        progress = _load_json(uri, s3) or {}
+    except storage.S3ObjectError as exc:
+        warnings.warn(f"ignoring an unreadable progress file: {exc}", stacklevel=2)
+        return {}
     if (progress.get("layout"), progress.get("fingerprint"), progress.get("per_shard")) != (
         _LAYOUT,
         fingerprint,
