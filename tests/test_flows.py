@@ -313,12 +313,17 @@ def test_main_job_runs_twice_in_a_row_and_again_after_its_outputs_are_deleted(ha
         assert _no_run_left_running(uri) == [], attempt
 
 
+# Long enough that the kill lands mid-pretraining (the first checkpoint is at step 10), short
+# enough that the resumed run does not dominate the suite.
+KILL_TEST_STEPS = 150
+
+
 @pytest.mark.slow
 def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp_path):
     pretrain = {
         **TINY["pretrain"],
         "overrides": [
-            "optim.total_steps=400",
+            f"optim.total_steps={KILL_TEST_STEPS}",
             "run.checkpoint_every=10",
             "data.batch_size=8",
             "run.eval_batches=1",
@@ -342,7 +347,7 @@ def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp
     # The training child dies with its launcher (no orphan keeps writing checkpoints).
     wait_for(lambda: not processes_mentioning(str(work)), 60, "the training process to exit")
     killed_at = max(int(p.stem.split("-")[1]) for p in ckpts.glob("step-*.pt"))
-    assert killed_at < 400
+    assert killed_at < KILL_TEST_STEPS
     record = json.loads((work / "runs" / "pretrain" / "mlflow-run.json").read_text())
     parent_record = json.loads((work / "parent-runs" / "pipeline-tiny.json").read_text())
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -362,7 +367,9 @@ def test_main_job_killed_mid_pretraining_resumes_into_the_same_runs(harness, tmp
     assert resumed.data.tags["mlflow.parentRunId"] == parent_record["run_id"]
     assert client.get_run(parent_record["run_id"]).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(record["run_id"], "loss")]
-    assert max(steps) == 400 and min(steps) < killed_at  # one run holds both attempts' steps
+    assert (
+        max(steps) == KILL_TEST_STEPS and min(steps) < killed_at
+    )  # one run holds both attempts' steps
     pretrain_runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string="tags.`hip.stage` = 'pretrain'",
