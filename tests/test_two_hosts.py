@@ -148,6 +148,22 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory):
         _run(stack_env, "stop", timeout=120)
 
 
+def _run_pipeline(deployer: dict[str, str], overrides: list[str]) -> str:
+    """`prefect deployment run hip/pipeline --param overrides=[...]`, as a user types it; the
+    new flow run's id."""
+    out = _prefect(
+        deployer,
+        "deployment",
+        "run",
+        "hip/pipeline",
+        "--param",
+        f"overrides={json.dumps(overrides)}",
+    )
+    return next(
+        line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line
+    )
+
+
 def _wait_flow_run(api: str, run_id: str, timeout: float, hosts: dict[str, Path]) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,7 +177,6 @@ def _wait_flow_run(api: str, run_id: str, timeout: float, hosts: dict[str, Path]
 
 @pytest.mark.slow
 def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two_hosts):
-    import boto3
     import mlflow
 
     services, hosts = two_hosts["services"], two_hosts["hosts"]
@@ -177,17 +192,7 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     assert retrain["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"  # weekly, from prefect.yaml
 
     overrides = [f"work_dir={work_dir}", *TINY]
-    out = _prefect(
-        two_hosts["deployer"],
-        "deployment",
-        "run",
-        "hip/pipeline",
-        "--param",
-        f"overrides={json.dumps(overrides)}",
-    )
-    run_id = next(
-        line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line
-    )
+    run_id = _run_pipeline(two_hosts["deployer"], overrides)
     # Mid-flow, while the gpu host trains and the pipeline waits for it, the Prefect server
     # restarts (same database, same port): both ride it out.
     wait_for(lambda: _stage_state(api, prefix, "pretrain") == "RUNNING", 600, "pretraining")
@@ -268,17 +273,7 @@ def test_pipeline_runs_across_a_gpu_and_a_cpu_host_sharing_only_the_services(two
     assert loaded.stdout.split() == ["1", "10", "finite"], loaded.stdout
 
     # Everything the stages handed over is on S3 ...
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=services["AWS_ENDPOINT_URL"],
-        aws_access_key_id=services["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=services["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-    )
-    pages = s3.get_paginator("list_objects_v2").paginate(
-        Bucket=services["HIP_S3_BUCKET"], Prefix=prefix + "/"
-    )
-    keys = {o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", [])}
+    keys = _s3_keys(services, prefix)
     assert "shards/mnist5k/manifest.json" in keys
     assert any(k.startswith("runs/pretrain/checkpoints/step-") for k in keys)
     assert "runs/pretrain/metrics.jsonl" in keys
@@ -330,17 +325,7 @@ def test_cancelling_a_pipeline_cancels_its_running_stage_and_kills_its_mlflow_ru
         "pretrain.overrides=[optim.total_steps=100000,run.checkpoint_every=5,data.batch_size=8]",
         f"experiment={experiment}",
     ]
-    out = _prefect(
-        two_hosts["deployer"],
-        "deployment",
-        "run",
-        "hip/pipeline",
-        "--param",
-        f"overrides={json.dumps(overrides)}",
-    )
-    run_id = next(
-        line.split("UUID:")[1].strip() for line in out.stdout.splitlines() if "UUID:" in line
-    )
+    run_id = _run_pipeline(two_hosts["deployer"], overrides)
     wait_for(lambda: _checkpoints(services, prefix), 600, "a pretraining checkpoint")
     pretrain = _stage_run(api, prefix, "pretrain")
     assert pretrain and pretrain["state"]["type"] == "RUNNING"
