@@ -13,14 +13,17 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import hip.data as hd
 from hip.errors import UserError
 from tests.test_data_s3 import keys_in
-from tests.test_shard_partitions import files_of, manifest_json, shards_of
+from tests.test_shard_partitions import (
+    files_of,
+    folder_with_an_unreadable_class,
+    manifest_json,
+    shards_of,
+)
 
 # 1,200 real digits upscaled to 112x112 (so a shard takes a moment to encode) in 12 shards
 OPTS = {"limit": 120, "max_count": 100, "resize": 112}
@@ -92,16 +95,8 @@ def test_a_dask_worker_sigkilled_mid_partition_is_resumed_to_the_reference(
 
 
 def test_a_partition_of_unreadable_inputs_on_the_cluster_is_reported(client, tmp_path):
-    src = tmp_path / "src"
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (src / f"c{c}").mkdir(parents=True)
-        for i in range(4):
-            path = src / f"c{c}" / f"{i}.png"
-            if c == 1:
-                path.write_bytes(b"\x89PNG\r\n\x1a\n but cut here")  # the middle partition
-            else:
-                Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(path)
+    # the middle partition's PNGs are cut after their signature
+    src = folder_with_an_unreadable_class(tmp_path, b"\x89PNG\r\n\x1a\n but cut here")
     ref = hd.shard("imagefolder", src, tmp_path / "ref", max_count=4, seed=None)
     plan = hd.plan_shards("imagefolder", src, tmp_path / "out", max_count=4, seed=None)
     parts = hd.partitions(plan.num_shards, 3)

@@ -107,17 +107,24 @@ def test_a_lost_partition_is_all_a_rerun_writes(reference, tmp_path, monkeypatch
     assert files_of(out) == files_of(reference)
 
 
-def test_a_partition_of_unreadable_inputs_is_reported_and_the_others_are_written(tmp_path):
-    src = tmp_path / "src"
+def folder_with_an_unreadable_class(root: Path, bad: bytes) -> Path:
+    """An image folder of 3 classes x 4 small PNGs whose middle class is all `bad` bytes: with
+    4 samples per shard and 3 partitions, one whole partition is unreadable."""
+    src = root / "src"
     rng = np.random.default_rng(0)
     for c in range(3):
         (src / f"c{c}").mkdir(parents=True)
         for i in range(4):
             path = src / f"c{c}" / f"{i}.png"
             if c == 1:
-                path.write_bytes(b"not a png")  # a whole shard (and partition) unreadable
+                path.write_bytes(bad)
             else:
                 Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(path)
+    return src
+
+
+def test_a_partition_of_unreadable_inputs_is_reported_and_the_others_are_written(tmp_path):
+    src = folder_with_an_unreadable_class(tmp_path, b"not a png")  # a whole partition
     ref = hd.shard("imagefolder", src, tmp_path / "ref", max_count=4, seed=None)
     plan = hd.plan_shards("imagefolder", src, tmp_path / "two", max_count=4, seed=None)
     parts = hd.partitions(plan.num_shards, 3)
