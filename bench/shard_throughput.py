@@ -14,17 +14,25 @@ worker processes (Prefect not involved: `hip.data.write_partition` submitted wit
 client); its wall time excludes the cluster's start (`cluster_start_s`, paid once per flow
 run), its CPU includes the cluster's processes. Configurations are interleaved `--repeat` times so a shared machine's load falls on
 all of them alike; every run writes to a fresh temporary folder.
+
+Each repeat also times the machine's own parallel ceiling (`what: "ceiling"`): the same
+CPU-bound work (zlib of random bytes, no I/O) in one process, then in N processes at once;
+`speedup` = N x one process's time / the N processes' wall. On a VM whose vCPUs share
+physical cores with other tenants this is well under N, and no sharding can beat it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
+import statistics
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +50,28 @@ def _cpu() -> tuple[float, float]:
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def _zlib_work(_: int = 0) -> float:
+    """A fixed CPU-bound job (no I/O, no GIL contention across processes); its wall seconds."""
+    data = os.urandom(1 << 20)
+    t = time.perf_counter()
+    for _ in range(24):
+        zlib.compress(data, 6)
+    return time.perf_counter() - t
+
+
+def _ceiling(n: int) -> dict:
+    """The speed-up n processes get on this machine for pure CPU work, measured now."""
+    one = _zlib_work()
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(n) as pool:
+        pool.map(_zlib_work, range(n))  # warm the pool's processes
+        t = time.perf_counter()
+        pool.map(_zlib_work, range(n), chunksize=1)
+        wall = time.perf_counter() - t
+    return {"one_process_s": round(one, 2), "parallel_wall_s": round(wall, 2),
+            "speedup": round(n * one / wall, 2)}  # fmt: skip
 
 
 def _plain_tar(root: Path, out: Path) -> int:
@@ -87,10 +117,15 @@ def main() -> None:
     ap.add_argument("--max-count", type=int, default=1000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--dask", action="store_true", help="also through a Dask LocalCluster")
+    ap.add_argument(
+        "--resize", type=int, default=None, help="N: store NxN images (more work per image)"
+    )
     args = ap.parse_args()
     root = Path(args.input)
     mb = sum(p.stat().st_size for p in _files(root)) / 1e6
-    opts = {"max_count": args.max_count, "image_format": args.image_format}
+    opts: dict = {"max_count": args.max_count, "image_format": args.image_format}
+    if args.resize:
+        opts["resize"] = (args.resize, args.resize)
     runs: list[tuple[str, int, Callable[[Path], int]]] = [
         ("plain tar", 1, lambda o: _plain_tar(root, o))
     ]
@@ -106,12 +141,26 @@ def main() -> None:
                 ),
             )
         )
-    if args.dask:
-        for n in args.workers:
-            runs.append(
-                (f"Dask LocalCluster, {n} worker(s)", n, lambda o, n=n: _dask(root, o, n, opts))
-            )
-    for rep in range(args.repeat):
+    dask_runs = [
+        (f"Dask LocalCluster, {n} worker(s)", n, lambda o, n=n: _dask(root, o, n, opts))
+        for n in (args.workers if args.dask else [])
+    ]
+    # The Dask rows come after all local ones: a Dask client leaves threads behind, and
+    # `hip shard --workers N` spawns instead of forking from a process with threads.
+    _measure(runs, args.repeat, mb)
+    _measure(dask_runs, args.repeat, mb)
+
+
+def _measure(runs: list[tuple[str, int, Callable[[Path], int]]], repeat: int, mb: float) -> None:
+    """Run each configuration `repeat` times, interleaved, with the ceiling before each round."""
+    workers = {n for _, n, _ in runs}
+    walls: dict[str, list[float]] = {what: [] for what, _, _ in runs}
+    ceilings: list[float] = []
+    for rep in range(repeat if runs else 0):
+        for n in sorted(workers - {1}):
+            row = {"what": "ceiling", "repeat": rep, "processes": n, **_ceiling(n)}
+            ceilings.append(row["speedup"])
+            print(json.dumps({**row, "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
         for what, n, run in runs:
             with tempfile.TemporaryDirectory() as tmp:
                 load = os.getloadavg()[0]
@@ -124,6 +173,7 @@ def main() -> None:
                 start = _dask.start_s  # type: ignore[attr-defined]
                 dt -= start  # wall time of the sharding alone (a cluster is started once)
                 cpu = main_cpu + workers_cpu
+            walls[what].append(dt)
             print(
                 json.dumps(
                     {
@@ -144,6 +194,20 @@ def main() -> None:
                 ),
                 flush=True,
             )
+    # One speed-up per worker count: summed wall of the 1-worker rows / of the N-worker rows
+    # (interleaved, so a load change falls on both), beside the machine's median ceiling.
+    one = next(
+        (w for (what, n, _), w in zip(runs, walls.values(), strict=True)
+         if n == 1 and what != "plain tar"), [],
+    )  # fmt: skip
+    for (what, n, _), w in zip(runs, walls.values(), strict=True):
+        if n > 1 and one and w and what != "plain tar":
+            summary = {
+                "what": f"speed-up: {what}", "vs_1_worker": round(sum(one) / sum(w), 2),
+                "pairs": [round(a / b, 2) for a, b in zip(one, w, strict=True)],
+                "machine_ceiling_median": round(statistics.median(ceilings), 2) if ceilings else None,
+            }  # fmt: skip
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

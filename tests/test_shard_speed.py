@@ -119,3 +119,22 @@ def test_hip_data_still_pickles_by_reference_for_dask():
 
     assert cloudpickle.loads(cloudpickle.dumps(hd)) is hd
     assert cloudpickle.loads(cloudpickle.dumps(uses_the_package))() is hd.loader
+
+
+@pytest.mark.parametrize(
+    "mode,fmt",
+    [("L", "png"), ("1", "png"), ("I;16", "png"), ("RGB", "png"), ("RGBA", "png"),
+     ("LA", "png"), ("P", "png"), ("L", "jpeg"), ("RGB", "jpeg")],
+)  # fmt: skip
+def test_the_header_scan_reads_what_pil_reads(tmp_path, mode, fmt):
+    """The planner's PNG fast path (IHDR bytes) gives PIL's size and grey/colour answer."""
+    from PIL import Image
+
+    from hip.data.shards import image_header
+    from hip.data.sources import is_grey
+
+    path = tmp_path / f"x.{fmt}"
+    Image.new(mode, (37, 23)).save(path, format=fmt.upper())
+    with Image.open(path) as img:
+        expected = (img.height, img.width, is_grey(img.mode))
+    assert image_header(path) == expected == (23, 37, expected[2])

@@ -33,6 +33,7 @@ import io
 import json
 import multiprocessing
 import re
+import struct
 import tarfile
 import threading
 import warnings
@@ -574,6 +575,24 @@ def _mostly_jpeg(items: list[Item]) -> bool:
     return 2 * jpeg > len(items)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_header(path: Path) -> tuple[int, int, bool]:
+    """(height, width, grey) of an image file from its header, as `Image.open` would say.
+
+    A PNG's first 26 bytes hold its IHDR chunk: 4x cheaper than PIL's open, which matters
+    because the scan is serial work before the partitions start. Colour type 0 is the only
+    PNG type PIL opens as a grey mode (`is_grey`). Anything else goes through PIL."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width, head[25] == 0
+    with Image.open(path) as img:
+        return img.height, img.width, is_grey(img.mode)
+
+
 def _input_defaults(
     src: Source, opts: SourceOptions, others: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -593,11 +612,11 @@ def _input_defaults(
         if path.suffix.lower() not in IMAGE_EXTS:
             continue
         try:
-            with Image.open(path) as img:
-                sizes[(img.height, img.width)] += 1
-                greys[is_grey(img.mode)] += 1
+            height, width, grey = image_header(path)
         except Exception:  # noqa: BLE001, S112 - unreadable: reported when it is loaded
             continue
+        sizes[(height, width)] += 1
+        greys[grey] += 1
     out: dict[str, Any] = {"notes": []}
     n = sum(sizes.values())
     if opts.resize is None and sizes:
@@ -979,6 +998,7 @@ def write_partition(
     killed partition loses at most the shard it was writing: the next attempt reads that file
     and keeps the shards it lists that still verify.
     """
+    global _LAST_ITEMS
     log = log or (lambda msg: None)
     if not indexes:
         return []
@@ -996,6 +1016,7 @@ def write_partition(
                 f"{plan.source}: the inputs of split {plan.split!r} changed while sharding"
             )
         items = shuffled(src.items, plan.seed)
+        _LAST_ITEMS = (plan.fingerprint, items)  # this worker's next partition reuses it
     uri = _progress_uri(plan.output, plan.split, indexes)
     # A retried or rescheduled partition (Prefect retry, Dask after a lost worker) finds what
     # its killed attempt recorded since the plan was made.
