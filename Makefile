@@ -24,8 +24,12 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Two pytest workers, one test file each at a time (module fixtures such as a Prefect server
+# stay in one process): the suite spends much of its time waiting on servers and subprocesses.
+# PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 bench-gpu: setup
 	$(PY) bench/perf.py

@@ -141,10 +141,11 @@ def prepare_isbi(data: Path, work: Path, size: int = 64, n_train: int = 24) -> d
             link = folder / f"{prefix}_{p.name}"
             if not link.exists():
                 link.symlink_to(p.resolve())
-    seg = work / "shards" / "isbi"
+    suffix = "" if size == 64 else f"_{size}"  # one --work can hold several sizes
+    seg = work / "shards" / f"isbi{suffix}"
     for split in ("train", "test"):
         man = hd.shard("segfolder", views / "seg", seg, split=split, resize=size)
-    mae = work / "shards" / "isbi_mae"
+    mae = work / "shards" / f"isbi_mae{suffix}"
     for split in ("train", "test"):
         pre = hd.shard("imagefolder", views / "mae", mae, split=split, resize=size)
     return {
@@ -221,8 +222,21 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.time() - w0, cpu_seconds() - c0
 
 
-def run_recipe(r: Recipe, data_root: Path, work: Path, scale: float) -> dict[str, Any]:
-    """Shard, MAE-pretrain, finetune (pretrained and scratch) one data set; return its results."""
+def run_recipe(
+    r: Recipe,
+    data_root: Path,
+    work: Path,
+    scale: float,
+    tag: str = "",
+    arms_to_run: tuple[str, ...] = ("pretrained", "scratch"),
+) -> dict[str, Any]:
+    """Shard, MAE-pretrain, finetune (pretrained and scratch) one data set; return its results.
+
+    `tag` names the finetune runs' folders (`<arm>-<tag>`): a run folder resumes, so runs with
+    other finetune overrides in the same --work need their own tag. The MAE run's folder is
+    named by the hash of its overrides, so identical pretraining is done once per --work."""
+    import hashlib
+
     print(f"== {r.name}: sharding {data_root / r.folder}", flush=True)
     setup, w_shard, c_shard = timed(lambda: r.prepare(data_root / r.folder, work))
     p_steps = max(1, round(r.pretrain_steps * scale))
@@ -236,27 +250,31 @@ def run_recipe(r: Recipe, data_root: Path, work: Path, scale: float) -> dict[str
         *r.finetune,
     ]
     print(f"== {r.name}: MAE pretraining, {p_steps} steps", flush=True)
+    pre_id = hashlib.sha256(repr((p_steps, pre_over)).encode()).hexdigest()[:8]
     (pre, _), w_pre, c_pre = timed(
         lambda: run_stage(
             "pretrain",
             "tiny_mnist",
-            runs / "pretrain",
+            runs / f"pretrain-{pre_id}",
             p_steps,
             [*pre_over, f"run.checkpoint_every={p_steps}"],
         )
     )
     arms: dict[str, Any] = {}
     for arm, extra in (("pretrained", [f"task.pretrained={pre.checkpoint}"]), ("scratch", [])):
+        if arm not in arms_to_run:
+            continue
         print(f"== {r.name}: finetuning ({arm}), {f_steps} steps", flush=True)
+        folder = runs / (f"{arm}-{tag}" if tag else arm)
         (res, _), w, c = timed(
-            lambda arm=arm, extra=extra: run_stage(
-                "finetune", r.benchmark, runs / arm, f_steps, [*ft_over, *extra]
+            lambda extra=extra, folder=folder: run_stage(
+                "finetune", r.benchmark, folder, f_steps, [*ft_over, *extra]
             )
         )
         metrics = dict(res.eval_metrics)
         if r.metric == "mIoU":  # per-class IoU from the evaluate stage
             cfg = config_for_checkpoint(
-                res.checkpoint, [f"eval.out={runs / arm / 'eval'}", "tracking.enabled=false"]
+                res.checkpoint, [f"eval.out={folder / 'eval'}", "tracking.enabled=false"]
             )
             ev = evaluate(cfg)
             metrics["iou_per_class"] = [float(x) for x in ev.result.per_class["iou"]]
@@ -294,6 +312,10 @@ def run_recipe(r: Recipe, data_root: Path, work: Path, scale: float) -> dict[str
     }
 
 
+def _arm(result: dict[str, Any], arm: str, metric: str) -> str:
+    return f"{result[arm]['metrics'][metric]:.3f}" if arm in result else "-"
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown table: one row per data set, pretrained vs scratch on the headline metric."""
     head = (
@@ -312,8 +334,8 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             f"| {name} | {s['samples'].get('train')} / {s['samples'].get('test')} | {s['input']} | "
             f"{s['pretrain_steps']} | {s['finetune_steps']} | {pm['masked_mse']:.4g} "
-            f"({pm['mse_vs_baseline']:.2f}) | {m} | {r['pretrained']['metrics'][m]:.3f} | "
-            f"{r['scratch']['metrics'][m]:.3f} | {base} |"
+            f"({pm['mse_vs_baseline']:.2f}) | {m} | {_arm(r, 'pretrained', m)} | "
+            f"{_arm(r, 'scratch', m)} | {base} |"
         )
     return "\n".join([head, *rows])
 
@@ -332,7 +354,26 @@ def main() -> int:
         action="store_true",
         help="a quarter of every step budget, one torch thread (a smoke run of the table)",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--pretrain-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="added to every data set's MAE overrides (repeatable)",
+    )
+    ap.add_argument(
+        "--finetune-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="added to every data set's finetune overrides, both arms (repeatable)",
+    )
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="instead of the recipe's")
+    ap.add_argument("--finetune-steps", type=int, default=None, help="instead of the recipe's")
+    ap.add_argument("--tag", default="", help="names the finetune run folders in --work")
+    ap.add_argument("--arms", default="pretrained,scratch", help="which finetune arms to run")
+    ap.add_argument("--isbi-size", type=int, default=64, help="isbi images resized to NxN")
+    args = ap.parse_args()  # fmt: skip
     if args.quick:
         args.steps_scale = min(args.steps_scale, 0.25)
         args.threads = args.threads or 1
@@ -350,8 +391,19 @@ def main() -> int:
 
     results: dict[str, Any] = {}
     w0, c0 = time.time(), cpu_seconds()
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     for name in names:
-        results[name] = run_recipe(RECIPES[name], data_root, work, args.steps_scale)
+        recipe = dataclasses.replace(
+            RECIPES[name],
+            pretrain=[*RECIPES[name].pretrain, *args.pretrain_override],
+            finetune=[*RECIPES[name].finetune, *args.finetune_override],
+            pretrain_steps=args.pretrain_steps or RECIPES[name].pretrain_steps,
+            finetune_steps=args.finetune_steps or RECIPES[name].finetune_steps,
+        )
+        if name == "isbi" and args.isbi_size != 64:
+            size = args.isbi_size
+            recipe.prepare = lambda d, w, size=size: prepare_isbi(d, w, size=size)
+        results[name] = run_recipe(recipe, data_root, work, args.steps_scale, args.tag, arms)
         Path(args.out).write_text(json.dumps(results, indent=1, default=float))
     summary = {
         "wall_s": time.time() - w0,

@@ -40,6 +40,18 @@ class ModelSection:
 
 
 @dataclass
+class AugmentSection:
+    """Training-only augmentation of image inputs, on the stored uint8 pixels (ours, issue 14).
+
+    A segmentation mask moves with its image; pixels shifted in are 0 and their mask positions
+    the ignore label, so they are not scored."""
+
+    shift: int = 0  # translate each image by up to this many pixels in x and y (0: off)
+    hflip: bool = False  # mirror left-right with probability 1/2
+    vflip: bool = False  # mirror top-bottom with probability 1/2
+
+
+@dataclass
 class DataSection:
     """Where batches come from: a shard manifest (hip.data) or a small built-in source."""
 
@@ -54,6 +66,7 @@ class DataSection:
     # Audio token width at load time (the shards keep the raw waveform); null: the manifest's
     # (set when sharding, default 16). docs/DATA.md says why.
     audio_samples_per_token: int | None = None
+    augment: AugmentSection = field(default_factory=AugmentSection)
 
 
 @dataclass
@@ -93,6 +106,11 @@ class TaskSection:
     num_classes: int | None = None  # null -> from the data (manifest label_names)
     pretrained: str | None = None  # pretraining checkpoint to start from (finetune)
     freeze_positions: bool = False
+    # The training loss only (evaluation losses stay plain cross-entropy); classification and
+    # segmentation. class_weights: null | balanced (1 / (K x class frequency) over the first
+    # 4,096 training samples) | one weight per class.
+    label_smoothing: float = 0.0
+    class_weights: Any = None
 
 
 @dataclass

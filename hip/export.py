@@ -5,6 +5,9 @@ module back and it predicts on the same `{modality: float32 [B, M, C]}` inputs t
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,14 +53,30 @@ def log_model(
         out = cpu({k: torch.from_numpy(v) for k, v in example.items()})
     output = out.detach().numpy() if isinstance(out, torch.Tensor) else None
     signature = infer_signature(example, output)
-    return mlflow.pytorch.log_model(
-        cpu,
-        name=MODEL_NAME,
-        signature=signature,
-        input_example=example,
-        registered_model_name=registered_model_name,
-        pip_requirements=_requirements(),
-        # pickle, not MLflow's default pt2: the model takes a dict of modalities, which a
-        # torch.export trace does not; loading needs `hip` installed (it is in the requirements).
-        serialization_format="pickle",
-    )
+    # MLflow checks an input example by serving it through pyfunc, whose PyTorch flavour takes
+    # no dict of modalities: that check can only fail, printing a page of warning per run.
+    # `mlflow.pytorch.load_model` (how the model is used, tests/test_two_hosts.py) works.
+    with _quiet("mlflow.models.model"):
+        return mlflow.pytorch.log_model(
+            cpu,
+            name=MODEL_NAME,
+            signature=signature,
+            input_example=example,
+            registered_model_name=registered_model_name,
+            pip_requirements=_requirements(),
+            # pickle, not MLflow's default pt2: the model takes a dict of modalities, which a
+            # torch.export trace does not; loading needs `hip` installed (in the requirements).
+            serialization_format="pickle",
+        )
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Only errors from `logger` while the block runs."""
+    log = logging.getLogger(logger)
+    old = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)

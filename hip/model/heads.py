@@ -15,6 +15,24 @@ from hip.model.hip import HiP, Modalities, create_model
 from hip.model.layers import layer_norm, linear, trunc_normal_fan_in_
 
 
+@dataclass
+class TrainLoss:
+    """Cross-entropy options for training only (`task.label_smoothing`, `task.class_weights`).
+
+    Not part of the state dict: the run's config (stored in every checkpoint) says what they
+    were, and evaluation in eval mode always scores the plain cross-entropy."""
+
+    label_smoothing: float = 0.0
+    weight: torch.Tensor | None = None  # [num_classes]
+
+    def options(self, training: bool, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments for `F.cross_entropy` on `device`."""
+        if not training:
+            return {}
+        weight = None if self.weight is None else self.weight.to(device, torch.float32)
+        return {"label_smoothing": self.label_smoothing, "weight": weight}
+
+
 class HiPClassifier(nn.Module):
     """Encoder + processor, then a Perceiver IO style decoder: learned queries read the processor.
 
@@ -34,6 +52,7 @@ class HiPClassifier(nn.Module):
         self.decoder = CrossAttention(width, width, 1, 1, True, backbone.config.activation_name)
         self.norm = layer_norm(width)
         self.classifier = linear(width, num_classes, scale=0.0)
+        self.train_loss = TrainLoss()
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`{name: [B, M, C]}` -> logits `[B, num_classes]`."""
@@ -46,7 +65,9 @@ class HiPClassifier(nn.Module):
         """CE for class indices `[B]`, BCE-with-logits for multi-hot `[B, K]`."""
         if self.multilabel:
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        return F.cross_entropy(logits.float(), labels)
+        return F.cross_entropy(
+            logits.float(), labels, **self.train_loss.options(self.training, logits.device)
+        )
 
 
 class HiPSegmenter(nn.Module):
@@ -65,6 +86,7 @@ class HiPSegmenter(nn.Module):
         self.ignore_index = ignore_index
         e = backbone.config.num_embedding_channels
         self.classifier = linear(e, num_classes, scale=0.0)
+        self.train_loss = TrainLoss()
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`{name: [B, M, C]}` -> per-position logits `[B, M_target, num_classes]`."""
@@ -77,7 +99,10 @@ class HiPSegmenter(nn.Module):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-position cross-entropy; `ignore_index` positions do not count."""
         return F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=self.ignore_index
+            logits.flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=self.ignore_index,
+            **self.train_loss.options(self.training, logits.device),
         )
 
 

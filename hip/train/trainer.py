@@ -38,6 +38,7 @@ from hip.task import Task, get_task
 from hip.task.base import inputs_to_device
 from hip.threads import configure_threads
 from hip.train import step as hstep
+from hip.train.augment import Augment
 from hip.train.checkpointer import Checkpointer, TrainState, seed_all
 from hip.train.metrics import StepTimer, memory_mb
 from hip.train.optim import build_optimizer, build_scheduler, peak_lr
@@ -134,6 +135,64 @@ def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
                 table.copy_(coordinate_table(table.shape[0], table.shape[1]))
 
 
+def set_train_loss(
+    model: nn.Module, cfg: DictConfig, source: Dataset, num_classes: int | None
+) -> None:
+    """`task.label_smoothing` and `task.class_weights` on the head's training loss (ours).
+
+    `balanced` weights are 1 / (K x frequency) of each class over the first 4,096 training
+    samples (every mask position for segmentation), so a class seen at its fair share 1/K
+    weighs 1; a class never seen weighs as the rarest one seen."""
+    smoothing, weights = float(cfg.task.label_smoothing), cfg.task.class_weights
+    if not smoothing and weights is None:
+        return
+    where = "task.label_smoothing / task.class_weights"
+    if not hasattr(model, "train_loss") or getattr(model, "multilabel", False):
+        raise UserError(f"{where} apply to classification and segmentation, not {cfg.task.type}")
+    if not 0.0 <= smoothing < 1.0:
+        raise UserError(f"task.label_smoothing must be in [0, 1), not {smoothing}")
+    model.train_loss.label_smoothing = smoothing
+    if weights is None:
+        return
+    k = int(num_classes or 0)
+    if isinstance(weights, str):
+        if weights != "balanced":
+            raise UserError(
+                f"task.class_weights={weights!r}: use balanced, null or a list of {k} weights"
+            )
+        counts = class_counts(cfg, source, k)
+        seen = counts > 0
+        freq = counts / counts.sum()
+        w = torch.zeros(k, dtype=torch.float64)
+        w[seen] = 1.0 / (k * freq[seen])
+        w[~seen] = w[seen].max() if seen.any() else 1.0
+        model.train_loss.weight = w.float()
+        return
+    values = [float(v) for v in weights]
+    if len(values) != k or min(values) < 0:
+        raise UserError(
+            f"task.class_weights has {len(values)} value(s) {values}; give {k} weights >= 0 "
+            "(one per class) or balanced"
+        )
+    model.train_loss.weight = torch.tensor(values)
+
+
+def class_counts(cfg: DictConfig, source: Dataset, k: int) -> torch.Tensor:
+    """Per-class label counts over the first 4,096 training samples (mask positions for
+    segmentation, labels for classification), the ignore label left out."""
+    readable = dataclasses.replace(source, skip_corrupt=True)
+    counts, seen = torch.zeros(k, dtype=torch.float64), 0
+    for b in readable.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit):
+        y = b["mask"] if "mask" in b else b["label"]
+        y = y.reshape(-1).long()
+        y = y[(y >= 0) & (y < k)]
+        counts += torch.bincount(y, minlength=k)[:k].double()
+        seen += int(b["label"].shape[0]) if "label" in b else int(b["mask"].shape[0])
+        if seen >= 4096:
+            break
+    return counts
+
+
 def build_model(
     cfg: DictConfig, source: Dataset
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
@@ -143,6 +202,7 @@ def build_model(
     meta = model_meta(cfg, source, num_classes_for(cfg, source))
     model = task.build_model(meta)
     prepare_inputs(model, cfg, source)
+    set_train_loss(model, cfg, source, meta["num_classes"])
     loaded = None
     if task.stage == "finetune" and cfg.task.pretrained:
         from hip.model import load_pretrained, summarize_load
@@ -222,6 +282,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.wrapped, cfg.optim, self.lr, info.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.generator = torch.Generator().manual_seed(self.seed * 1000 + info.rank)
+        self.augment = Augment.build(cfg.data.augment, source.layout, source.ignore_index)
         self.run = RunFolder(str(cfg.run.out))  # local, or s3:// shared by every host
         self.run_dir = self.run.local  # the working copy of metrics.jsonl
         self.resolved = to_dict(cfg)
@@ -317,6 +378,8 @@ class Trainer:
             state.epoch, idx, batch = next(self.data)
             self.timer.waited(time.perf_counter() - t0)
             bad_data += int(batch.pop("corrupt_samples", 0))
+            if self.augment is not None:
+                batch = self.augment(batch, self.generator)
             state.batch_in_epoch = idx + 1
             self.batches_seen += 1
             batch = to_device(batch, info.device)

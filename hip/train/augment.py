@@ -1,0 +1,110 @@
+"""Training-only image augmentation on the stored uint8 pixels (`data.augment`, ours).
+
+Runs on the CPU batch before it goes to the device, so it costs no float copy: a random
+shift (zero padding) and random flips per sample. A segmentation mask that covers the image
+moves with it; positions shifted in get the ignore label, so they are not scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Augment:
+    """What `data.augment` asks for, and the image modalities' geometry it applies to."""
+
+    shift: int
+    hflip: bool
+    vflip: bool
+    images: dict[str, tuple[int, int, int]]  # modality -> (height, width, channels)
+    ignore_index: int = 255
+
+    @classmethod
+    def build(
+        cls, aug: Any, layout: dict[str, dict[str, Any]], ignore_index: int
+    ) -> Augment | None:
+        """From the config section and the data's layout; None when nothing is asked for or
+        the data has no image modality (a task type's recipe may ask for it on any data)."""
+        from hip.errors import UserError
+
+        shift, hflip, vflip = int(aug.shift), bool(aug.hflip), bool(aug.vflip)
+        if shift < 0:
+            raise UserError(f"data.augment.shift must be >= 0, not {shift}")
+        if not (shift or hflip or vflip):
+            return None
+        images = {
+            name: (int(v["height"]), int(v["width"]), int(v["shape"][1]))
+            for name, v in layout.items()
+            if v.get("kind") == "image" and v.get("height") and v.get("width")
+        }
+        if not images:  # audio or video only: a recipe's default asks for nothing here
+            log.info("data.augment: the data has no image modality, nothing is augmented")
+            return None
+        return cls(shift, hflip, vflip, images, ignore_index)
+
+    def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """The batch with each sample's images (and mask) shifted and flipped at random."""
+        inputs = dict(batch["inputs"])
+        first = next(iter(self.images))
+        b = inputs[first].shape[0]
+        s = self.shift
+        dy = (
+            torch.randint(-s, s + 1, (b,), generator=generator)
+            if s
+            else torch.zeros(b, dtype=torch.long)
+        )
+        dx = (
+            torch.randint(-s, s + 1, (b,), generator=generator)
+            if s
+            else torch.zeros(b, dtype=torch.long)
+        )
+        hf = (
+            torch.rand(b, generator=generator) < 0.5
+            if self.hflip
+            else torch.zeros(b, dtype=torch.bool)
+        )
+        vf = (
+            torch.rand(b, generator=generator) < 0.5
+            if self.vflip
+            else torch.zeros(b, dtype=torch.bool)
+        )
+        for name, (h, w, c) in self.images.items():
+            x = inputs[name].reshape(b, h, w, c)
+            inputs[name] = _move(x, dy, dx, hf, vf, 0).reshape(b, h * w, c)
+        out = {**batch, "inputs": inputs}
+        mask = batch.get("mask")
+        h, w, _ = self.images[first]
+        if mask is not None and mask.shape[1:] == (h * w,):
+            m = mask.reshape(b, h, w, 1)
+            out["mask"] = _move(m, dy, dx, hf, vf, self.ignore_index).reshape(b, h * w)
+        return out
+
+
+def _move(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    hf: torch.Tensor,
+    vf: torch.Tensor,
+    fill: int,
+) -> torch.Tensor:
+    """`x` `[B, H, W, C]` flipped where `hf`/`vf`, then shifted by (dy, dx) with `fill` let in."""
+    x = torch.where(hf.view(-1, 1, 1, 1), x.flip(2), x)
+    x = torch.where(vf.view(-1, 1, 1, 1), x.flip(1), x)
+    if not (dy.any() or dx.any()):
+        return x
+    b, h, w, _ = x.shape
+    out = torch.full_like(x, fill)
+    for i in range(b):  # B <= a few hundred: a loop of slices is cheaper than a gather
+        y, z = int(dy[i]), int(dx[i])
+        out[i, max(y, 0) : h + min(y, 0), max(z, 0) : w + min(z, 0)] = x[
+            i, max(-y, 0) : h + min(-y, 0), max(-z, 0) : w + min(-z, 0)
+        ]
+    return out
