@@ -8,7 +8,7 @@ held-out metrics come from the training loop's final evaluation and from `hip.ev
 - mnist_png_subset: 28x28 grey digits (ImageNet-style class folders), top-1 on the test folders.
 - fsdd: spoken digits resampled to 4 kHz and padded/cropped to 1 s at shard time; official
   split (recording index 0-4 = test), top-1.
-- isbi2012_em_membrane: the 30 labelled EM images resized to 64x64; images 0-23 train, 24-29
+- isbi2012_em_membrane: the 30 labelled EM images resized to 128x128 (`--isbi-size`); images 0-23 train, 24-29
   held out (the challenge's 30 test images have no labels; they join the MAE pretraining set
   only). mIoU (membrane / cell) against predicting "cell" everywhere.
 
@@ -119,7 +119,7 @@ def _link_split(src: Path, dst: Path, names: list[str], subdirs: tuple[str, ...]
                 link.symlink_to((src / sub / n).resolve())
 
 
-def prepare_isbi(data: Path, work: Path, size: int = 64, n_train: int = 24) -> dict[str, Any]:
+def prepare_isbi(data: Path, work: Path, size: int = 128, n_train: int = 24) -> dict[str, Any]:
     """Held-out split of the 30 labelled images by symlinks; MAE set = train + unlabelled test."""
     labelled = sorted((data / "train" / "image").glob("*.png"), key=lambda p: int(p.stem))
     names = [p.name for p in labelled]
@@ -141,7 +141,7 @@ def prepare_isbi(data: Path, work: Path, size: int = 64, n_train: int = 24) -> d
             link = folder / f"{prefix}_{p.name}"
             if not link.exists():
                 link.symlink_to(p.resolve())
-    suffix = "" if size == 64 else f"_{size}"  # one --work can hold several sizes
+    suffix = "" if size == 64 else f"_{size}"  # one --work can hold several sizes (64: as before)
     seg = work / "shards" / f"isbi{suffix}"
     for split in ("train", "test"):
         man = hd.shard("segfolder", views / "seg", seg, split=split, resize=size)
@@ -185,7 +185,7 @@ RECIPES = {
         "mnist",
         "top1",
         1000,
-        1000,
+        2000,  # the mnist preset's steps (shifts + label smoothing: BENCHMARKS.md, session 4)
         ["data.batch_size=32"],
         ["data.batch_size=32"],
         prepare_mnist,
@@ -207,7 +207,7 @@ RECIPES = {
         "isbi",
         "mIoU",
         600,
-        300,
+        1500,  # at 128x128 with token queries and flips (the isbi preset)
         ["data.batch_size=8"],
         ["data.batch_size=4"],
         prepare_isbi,
@@ -287,7 +287,7 @@ def run_recipe(
             "wall_s": w,
             "cpu_s": c,
         }
-    hist = pre.history
+    hist = pre.history or [{"loss": float("nan")}]  # empty: the MAE run was already done
     k = min(10, len(hist))
     return {
         "setup": {
@@ -372,7 +372,7 @@ def main() -> int:
     ap.add_argument("--finetune-steps", type=int, default=None, help="instead of the recipe's")
     ap.add_argument("--tag", default="", help="names the finetune run folders in --work")
     ap.add_argument("--arms", default="pretrained,scratch", help="which finetune arms to run")
-    ap.add_argument("--isbi-size", type=int, default=64, help="isbi images resized to NxN")
+    ap.add_argument("--isbi-size", type=int, default=128, help="isbi images resized to NxN")
     args = ap.parse_args()  # fmt: skip
     if args.quick:
         args.steps_scale = min(args.steps_scale, 0.25)
@@ -400,7 +400,7 @@ def main() -> int:
             pretrain_steps=args.pretrain_steps or RECIPES[name].pretrain_steps,
             finetune_steps=args.finetune_steps or RECIPES[name].finetune_steps,
         )
-        if name == "isbi" and args.isbi_size != 64:
+        if name == "isbi" and args.isbi_size != 128:
             size = args.isbi_size
             recipe.prepare = lambda d, w, size=size: prepare_isbi(d, w, size=size)
         results[name] = run_recipe(recipe, data_root, work, args.steps_scale, args.tag, arms)

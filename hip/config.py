@@ -37,6 +37,10 @@ class ModelSection:
     # position tables from sin/cos of the coordinates (official | coords) when not pretrained.
     input_norm: str = "none"
     position_init: str = "official"
+    # Segmentation's per-position queries (ours when `tokens`): `positions` (official: the
+    # position vectors, as MAE's reconstruction) or `tokens` (each position's embedded input
+    # token, kept as a residual, so the head also sees the pixel itself at full resolution).
+    dense_query: str = "positions"
 
 
 @dataclass

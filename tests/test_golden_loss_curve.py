@@ -5,7 +5,7 @@ through the real `hip.train.trainer.train`, on the built-in `mnist5k` digits (ml
 MNIST, in memory), shortened to `STEPS` steps each at batch `BATCH` with warmup `WARMUP` and
 one torch thread (so the run is deterministic on a machine; the tolerance covers other CPUs'
 kernels). Everything else comes from the presets, so a change to what they train (input
-normalisation, lr, position-table lr multiplier, betas, init, loss) moves the curve. The curve
+normalisation, lr, position-table lr multiplier, betas, init, augmentation, loss) moves the curve. The curve
 is the mean loss over each window of `WINDOW` steps, compared with
 `tests/fixtures/golden_loss_curve.json` within `RTOL` relative.
 
@@ -20,6 +20,10 @@ things on purpose (`/tmp` script calling `_curves` with one thing changed; devia
 - position-table lr multiplier dropped (`optim.position_lr_mult=1`): MAE up to +1.8%,
   finetune up to +3.9%: **not caught** at this tolerance (100 steps are too short for the
   tables to matter much; `tests/test_input_norm.py` checks the knob itself);
+- (2026-12-02, after the `mnist` recipe gained 2-pixel shifts, label smoothing 0.1 and
+  2,000 steps; fixture regenerated) shifts silently dropped (`data.augment.shift=0`):
+  finetune down to -10.4% (8 of 10 off): **caught**; label smoothing dropped: finetune down
+  to -3.4%: **not caught** (`tests/test_train_recipe_options.py` checks the loss itself);
 - unchanged code: 0.0% (bit for bit); the same code with two threads (another reduction
   order): MAE 0.0%, finetune up to 1.7%, which is why RTOL is 4% and not lower.
 

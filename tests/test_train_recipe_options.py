@@ -112,3 +112,38 @@ def test_weights_and_smoothing_change_the_training_loss_only():
 def test_bad_loss_options_are_user_errors(overrides, match):
     with pytest.raises(UserError, match=match):
         _segmenter(overrides)
+
+
+def _segment_ink(query: str, root) -> dict:
+    """60 steps of the segmentation recipe on mnist5k_seg (mask = ink > 0.5: a per-pixel rule)."""
+    cfg = load_config(
+        "finetune",
+        "hip/configs/recipes/segmentation.yaml",
+        [
+            f"run.out={root / query}", "task.num_classes=2", "data.source=mnist5k_seg",
+            f"model.dense_query={query}", "optim.total_steps=60", "optim.warmup_steps=10",
+            "data.batch_size=16", "run.eval_batches=10", "run.checkpoint_every=60",
+            "run.progress=false", "tracking.enabled=false", "run.threads=1",
+        ],
+    )  # fmt: skip
+    res = trainer.train(cfg, builtin_dataset("mnist5k_seg"))
+    return {"mIoU": res.eval_metrics["mIoU"], "checkpoint": res.checkpoint}
+
+
+@pytest.mark.slow
+def test_token_queries_let_the_segmentation_head_see_each_pixel(tmp_path):
+    """Measured 2026-12-02 (1 thread): mIoU 0.948 with `tokens`, 0.622 with the official
+    `positions`, whose queries carry no pixel value: each group's 16 latents must then hold
+    every one of its pixels' classes. The choice is kept in the checkpoint."""
+    from hip import checkpoint as ckpt
+
+    tokens, positions = _segment_ink("tokens", tmp_path), _segment_ink("positions", tmp_path)
+    assert tokens["mIoU"] > 0.85
+    assert tokens["mIoU"] > positions["mIoU"] + 0.15
+    model, _ = ckpt.load_model(tokens["checkpoint"])
+    assert model.dense_query == "tokens"
+
+
+def test_an_unknown_dense_query_is_a_user_error():
+    with pytest.raises(UserError, match="dense_query='pixels'"):
+        _segmenter(["model.dense_query=pixels"])

@@ -87,12 +87,19 @@ class HiPSegmenter(nn.Module):
         e = backbone.config.num_embedding_channels
         self.classifier = linear(e, num_classes, scale=0.0)
         self.train_loss = TrainLoss()
+        # positions: the official queries; tokens (ours): the embedded input tokens, added
+        # back after the cross-attention (no parameters, so either loads the same weights).
+        self.dense_query = "positions"
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`{name: [B, M, C]}` -> per-position logits `[B, M_target, num_classes]`."""
         bb = self.backbone
-        z = bb.decode(bb.encode(bb.group_inputs(inputs)))
-        rec = bb.reconstruction_head(bb.grouped_positions().expand(z.shape[0], -1, -1, -1), z)
+        tokens = bb.group_inputs(inputs)  # [B, G, L, E]: embedding + position, grouped
+        z = bb.decode(bb.encode(tokens))
+        if self.dense_query == "tokens":
+            rec = bb.reconstruction_head(tokens, z) + tokens
+        else:
+            rec = bb.reconstruction_head(bb.grouped_positions().expand(z.shape[0], -1, -1, -1), z)
         m = next(x for x in bb.plan.modalities if x.name == self.target)
         return self.classifier(bb.ungroup_reconstruction({m.name: rec[:, m.groups]})[m.name])
 

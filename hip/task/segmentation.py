@@ -16,6 +16,7 @@ from hip.task.metrics import confusion_matrix, iou_per_class, mean_iou
 from hip.task.supervised import HeadTask
 
 IGNORE_INDEX = 255
+DENSE_QUERIES = ("positions", "tokens")
 
 
 class SegmentationTask(HeadTask):
@@ -29,6 +30,12 @@ class SegmentationTask(HeadTask):
         """The segmenter, not scoring the data's ignore label (255 unless the manifest says)."""
         model = super().build_model(meta)
         model.ignore_index = int(meta.get("ignore_index", IGNORE_INDEX))
+        query = str(meta.get("dense_query") or "positions")  # older checkpoints: official
+        if query not in DENSE_QUERIES:
+            raise UserError(
+                f"model.dense_query={query!r}: choose one of {', '.join(DENSE_QUERIES)}"
+            )
+        model.dense_query = query
         return model
 
     def targets(self, batch: dict[str, Any]) -> torch.Tensor:

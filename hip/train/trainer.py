@@ -87,6 +87,7 @@ def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dic
         "data_fingerprint": source.fingerprint,
         "input_norm": str(cfg.model.input_norm),
         "position_init": str(cfg.model.position_init),
+        "dense_query": str(cfg.model.dense_query),
     }
 
 
