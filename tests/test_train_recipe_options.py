@@ -144,6 +144,20 @@ def test_token_queries_let_the_segmentation_head_see_each_pixel(tmp_path):
     assert model.dense_query == "tokens"
 
 
+def test_loss_options_are_ignored_with_a_warning_by_heads_with_their_own_loss(caplog):
+    """The mnist preset smooths labels; switching it to multilabel must still train."""
+    cfg = load_config(
+        "finetune", "mnist",
+        ["data.source=mnist5k_multilabel", "task.type=multilabel", "task.num_classes=12",
+         "task.class_weights=balanced"],
+    )  # fmt: skip
+    assert cfg.task.label_smoothing == 0.1
+    with caplog.at_level("WARNING", logger="hip.train.trainer"):
+        model, _, _ = trainer.build_model(cfg, builtin_dataset("mnist5k_multilabel"))
+    assert "ignored for task.type=multilabel" in caplog.text
+    assert model.train_loss.label_smoothing == 0.0 and model.train_loss.weight is None
+
+
 def test_an_unknown_dense_query_is_a_user_error():
     with pytest.raises(UserError, match="dense_query='pixels'"):
         _segmenter(["model.dense_query=pixels"])

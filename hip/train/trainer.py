@@ -147,9 +147,15 @@ def set_train_loss(
     smoothing, weights = float(cfg.task.label_smoothing), cfg.task.class_weights
     if not smoothing and weights is None:
         return
-    where = "task.label_smoothing / task.class_weights"
     if not hasattr(model, "train_loss") or getattr(model, "multilabel", False):
-        raise UserError(f"{where} apply to classification and segmentation, not {cfg.task.type}")
+        # A preset's default (the mnist preset smooths labels) must not stop a run that only
+        # switched task.type to a head with its own loss: said once, then ignored.
+        log.warning(
+            "task.label_smoothing / task.class_weights apply to classification and "
+            "segmentation; ignored for task.type=%s",
+            cfg.task.type,
+        )
+        return
     if not 0.0 <= smoothing < 1.0:
         raise UserError(f"task.label_smoothing must be in [0, 1), not {smoothing}")
     model.train_loss.label_smoothing = smoothing
