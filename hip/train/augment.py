@@ -96,8 +96,10 @@ def _move(
     fill: int,
 ) -> torch.Tensor:
     """`x` `[B, H, W, C]` flipped where `hf`/`vf`, then shifted by (dy, dx) with `fill` let in."""
-    x = torch.where(hf.view(-1, 1, 1, 1), x.flip(2), x)
-    x = torch.where(vf.view(-1, 1, 1, 1), x.flip(1), x)
+    if hf.any():  # no flipped copy of the batch when no sample flips
+        x = torch.where(hf.view(-1, 1, 1, 1), x.flip(2), x)
+    if vf.any():
+        x = torch.where(vf.view(-1, 1, 1, 1), x.flip(1), x)
     if not (dy.any() or dx.any()):
         return x
     b, h, w, _ = x.shape
