@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,14 @@ def num_classes_for(cfg: DictConfig, source: Dataset) -> int | None:
     return int(n)
 
 
+def statistics_batches(cfg: DictConfig, source: Dataset) -> Iterator[dict[str, Any]]:
+    """The training split in its unshuffled order, 256 at a time, for statistics measured
+    before training (input normalisation, class frequencies): every rank and every resume
+    sees the same numbers. Corrupt samples are skipped here as training skips them."""
+    readable = dataclasses.replace(source, skip_corrupt=True)
+    return readable.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit)
+
+
 def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
     """Set a fresh model's input normalisation and position init from `model.*` (ours).
 
@@ -119,13 +128,7 @@ def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
 
     mode = str(cfg.model.input_norm)
     if mode != "none":
-        # Corrupt samples are skipped here as training skips them (training counts them).
-        readable = dataclasses.replace(source, skip_corrupt=True)
-        batches = (
-            b["inputs"]
-            for b in readable.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit)
-        )
-        fit_input_norm(model, mode, batches)
+        fit_input_norm(model, mode, (b["inputs"] for b in statistics_batches(cfg, source)))
     if str(cfg.model.position_init) == "coords":
         from hip.model import HiP
         from hip.model.positions import coordinate_table
@@ -187,14 +190,13 @@ def set_train_loss(
 def class_counts(cfg: DictConfig, source: Dataset, k: int) -> torch.Tensor:
     """Per-class label counts over the first 4,096 training samples (mask positions for
     segmentation, labels for classification), the ignore label left out."""
-    readable = dataclasses.replace(source, skip_corrupt=True)
     counts, seen = torch.zeros(k, dtype=torch.float64), 0
-    for b in readable.batches(str(cfg.data.split), 256, train=False, limit=cfg.data.limit):
-        y = b["mask"] if "mask" in b else b["label"]
-        y = y.reshape(-1).long()
+    for b in statistics_batches(cfg, source):
+        labels = b["mask"] if "mask" in b else b["label"]
+        seen += int(labels.shape[0])
+        y = labels.reshape(-1).long()
         y = y[(y >= 0) & (y < k)]
         counts += torch.bincount(y, minlength=k)[:k].double()
-        seen += int(b["label"].shape[0]) if "label" in b else int(b["mask"].shape[0])
         if seen >= 4096:
             break
     return counts
