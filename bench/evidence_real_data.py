@@ -6,7 +6,8 @@ finetuning recipe (same steps, batch, lr, seed) is trained from scratch for comp
 held-out metrics come from the training loop's final evaluation and from `hip.evaluate`.
 
 - mnist_png_subset: 28x28 grey digits (ImageNet-style class folders), top-1 on the test folders.
-- fsdd: spoken digits resampled to 4 kHz and padded/cropped to 1 s at shard time; official
+- fsdd: spoken digits at 8 kHz, padded/cropped to 1 s at shard time, 64 samples per token seen
+  through the log_spectrum front end; official
   split (recording index 0-4 = test), top-1.
 - isbi2012_em_membrane: the 30 labelled EM images resized to 128x128 (`--isbi-size`); images 0-23 train, 24-29
   held out (the challenge's 30 test images have no labels; they join the MAE pretraining set
@@ -89,7 +90,7 @@ def prepare_mnist(data: Path, work: Path) -> dict[str, Any]:
 
 
 def prepare_fsdd(data: Path, work: Path) -> dict[str, Any]:
-    """Shard FSDD at 4 kHz, 1 s (4,000 samples; padded with silence or cropped at the end)."""
+    """Shard FSDD at its own 8 kHz, 1 s (8,000 samples; padded with silence or cropped at the end)."""
     out = work / "shards" / "fsdd"
     for split in ("train", "test"):
         man = hd.shard(
@@ -98,15 +99,15 @@ def prepare_fsdd(data: Path, work: Path) -> dict[str, Any]:
             out,
             split=split,
             preset="fsdd",
-            sample_rate=4000,
-            audio_length=4000,
+            sample_rate=8000,
+            audio_length=8000,
             seed=SHARD_SEED,
         )
     return {
         "pretrain_manifest": str(out / "manifest.json"),
         "finetune_manifest": str(out / "manifest.json"),
         "samples": _counts(man),
-        "input": "waveform resampled 8 -> 4 kHz, padded/cropped to 1 s = 4,000 tokens",
+        "input": "8 kHz waveform padded/cropped to 1 s, 64 samples per token = 125 log spectra",
     }
 
 
@@ -195,10 +196,17 @@ RECIPES = {
         "fsdd",
         "fsdd",
         "top1",
-        600,
-        400,
-        ["data.batch_size=16", "mae.norm_targets=true", "model.input_norm=sample"],
-        ["data.batch_size=16", "model.input_norm=sample"],
+        2000,
+        3000,  # the fsdd preset's steps
+        # The MAE sees what the finetune sees: 64-sample tokens through the log_spectrum
+        # front end, standardised per bin (the fsdd preset's model settings).
+        [
+            "data.batch_size=16",
+            "data.audio_samples_per_token=64",
+            "model.overrides.front_ends.audio=log_spectrum",
+            "mae.norm_targets=off",
+        ],
+        ["data.batch_size=16"],
         prepare_fsdd,
     ),
     "isbi": Recipe(

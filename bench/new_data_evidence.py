@@ -8,6 +8,7 @@ With `--mae`, also `hip pretrain --data` (the MAE recipe) and a finetune from it
 Prints one row per data set: the held-out headline metric beside chance.
 
     .venv/bin/python bench/new_data_evidence.py [--work DIR] [--steps N] [--mae] [--threads N]
+        [--only NAME] [--override KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def main() -> int:
     ap.add_argument("--mae", action="store_true", help="also MAE-pretrain and finetune from it")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--only", default=None, help="a substring of one data set's name")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="added to every training run (an experiment, not the default recipe)")  # fmt: skip
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="hip-new-data-"))
     extra = [*QUIET]
@@ -81,6 +84,7 @@ def main() -> int:
         extra.append(f"optim.total_steps={args.steps}")
     if args.threads:
         extra.append(f"run.threads={args.threads}")
+    extra += args.override
     rows = []
     for name, spec in SETS.items():
         if args.only and args.only not in name:

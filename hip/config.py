@@ -70,6 +70,9 @@ class DataSection:
     # Audio token width at load time (the shards keep the raw waveform); null: the manifest's
     # (set when sharding, default 16). docs/DATA.md says why.
     audio_samples_per_token: int | None = None
+    # Or tokens of about this many milliseconds, whatever the rate (ours): the nearest power
+    # of two in samples (8 ms: 64 at 8 kHz, 128 at 16 kHz). audio_samples_per_token wins.
+    audio_token_ms: float | None = None
     augment: AugmentSection = field(default_factory=AugmentSection)
 
 

@@ -143,7 +143,7 @@ def _wav(path: Path, wave_: np.ndarray, rate: int) -> None:
 
 
 def test_an_audio_folder_at_44k_goes_from_folder_to_report(tmp_path, monkeypatch):
-    rate, n = 44100, 2205  # 50 ms clips
+    rate, n = 44100, 22050  # 0.5 s clips
     t = np.arange(n) / rate
     inputs = {}
     for split, count in (("train", 4), ("test", 2)):
@@ -158,7 +158,11 @@ def test_an_audio_folder_at_44k_goes_from_folder_to_report(tmp_path, monkeypatch
     meta, _, ft_report = _first_contact(tmp_path, tmp_path / "shards", "classification")
     audio = meta["layout"]["audio"]
     assert (audio["kind"], audio["sample_rate"], audio["length"]) == ("audio", rate, n)
-    assert drawn.panels and set(drawn.panels) == {("line", (n,))}  # the waveform, never an image
+    # The recipes' ~8 ms tokens (256 samples at 44.1 kHz) through the log_spectrum front end:
+    # the MAE reconstructed spectra, so the figure draws a spectrogram (bins x tokens).
+    assert audio["samples_per_token"] == 256 and meta["overrides"]["front_ends"]["audio"]
+    tokens = -(-n // 256)
+    assert drawn.panels and set(drawn.panels) == {("image", (129, tokens))}
     table = _per_class(ft_report, "acc", ["high", "low"])
     assert {"acc/high", "acc/low"} <= set(table.columns)
 

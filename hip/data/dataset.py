@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +34,8 @@ from hip.data.sources import (
     shuffled,
 )
 from hip.errors import UserError, unknown_name
+
+log = logging.getLogger(__name__)
 
 BUILTIN_SOURCES = ("mnist5k", "digits", "mnist5k_seg", "mnist5k_multilabel")
 IGNORE_INDEX = 255
@@ -301,17 +305,41 @@ def builtin_dataset(name: str) -> Dataset:
     )
 
 
-def manifest_dataset(path: str, audio_samples_per_token: int | None = None) -> Dataset:
+def audio_token_samples(token_ms: float, sample_rate: int) -> int:
+    """Samples per audio token for tokens of about `token_ms` milliseconds: the nearest power of
+    two (8 ms: 64 at 8 kHz, 128 at 16 kHz, 256 at 44.1 kHz), at least 2."""
+    if token_ms <= 0:
+        raise UserError(f"data.audio_token_ms must be > 0, got {token_ms}")
+    exact = token_ms * sample_rate / 1000.0
+    return max(2, 2 ** round(math.log2(max(exact, 1.0))))
+
+
+def manifest_dataset(
+    path: str, audio_samples_per_token: int | None = None, audio_token_ms: float | None = None
+) -> Dataset:
     """A hip.data shard manifest (path to manifest.json, its folder, or a URI).
 
     `audio_samples_per_token` re-cuts the audio tokens at load time (shards store the raw
-    waveform); None keeps the manifest's.
+    waveform); else `audio_token_ms` picks it from the audio's sample rate
+    (`audio_token_samples`); None for both keeps the manifest's.
     """
     from hip.data.manifest import read_manifest
     from hip.model.modalities import audio_to_tokens
 
     manifest = read_manifest(path)
     audio = manifest.modalities.get("audio")
+    if audio_samples_per_token is None and audio_token_ms is not None and audio is not None:
+        rate = audio.get("sample_rate")
+        if not rate:
+            raise UserError(
+                f"data.audio_token_ms needs the audio's sample rate, which manifest {path} does "
+                "not record; set data.audio_samples_per_token instead"
+            )
+        audio_samples_per_token = audio_token_samples(float(audio_token_ms), int(rate))
+        log.info(
+            "audio tokens of %g ms at %d Hz: %d samples per token",
+            audio_token_ms, int(rate), audio_samples_per_token,
+        )  # fmt: skip
     if audio_samples_per_token is not None and audio is not None:
         n = int(audio_samples_per_token)
         if n < 1:
@@ -356,7 +384,11 @@ def open_dataset(data_cfg: Any) -> Dataset:
 
     manifest = None if OmegaConf.is_missing(data_cfg, "manifest") else data_cfg.manifest
     if manifest:
-        return manifest_dataset(str(manifest), getattr(data_cfg, "audio_samples_per_token", None))
+        return manifest_dataset(
+            str(manifest),
+            getattr(data_cfg, "audio_samples_per_token", None),
+            getattr(data_cfg, "audio_token_ms", None),
+        )
     if data_cfg.source:
         return builtin_dataset(str(data_cfg.source))
     raise UserError(

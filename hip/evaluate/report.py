@@ -82,8 +82,11 @@ def _waveform(tokens: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
 
 
 def drawing_kind(spec: dict[str, Any] | None) -> str:
-    """How a modality is drawn: `picture` (image, video), `waveform` (audio) or `tokens`."""
+    """How a modality is drawn: `picture` (image, video), `waveform` (audio), `spectrogram`
+    (audio through the log_spectrum front end: the model's inputs are spectra) or `tokens`."""
     spec = spec or {}
+    if spec.get("front_end") == "log_spectrum":
+        return "spectrogram"
     if spec.get("kind") in ("image", "video") and spec.get("height") and spec.get("width"):
         return "picture"
     if spec.get("kind") == "audio":
@@ -105,7 +108,8 @@ def reconstruction_figure(result: EvalResult) -> plt.Figure | None:
     fig, axes = plt.subplots(n, 3, figsize=(9 if how == "waveform" else 6, 2 * n), squeeze=False)
     for i in range(n):
         masked_in = orig[i].copy()
-        masked_in[hidden[i]] = 0.5 if how == "picture" else 0.0  # hidden tokens: grey / silent
+        # Hidden tokens: grey / silent / the quietest bin.
+        masked_in[hidden[i]] = {"picture": 0.5, "spectrogram": orig[i].min()}.get(how, 0.0)
         panels = (orig[i], masked_in, comp[i])
         for j, (panel, title) in enumerate(zip(panels, ("original", "masked", "reconstructed"))):
             ax = axes[i, j]
@@ -117,6 +121,12 @@ def reconstruction_figure(result: EvalResult) -> plt.Figure | None:
                 )
                 ax.set_xticks([])
                 ax.set_yticks([])
+            elif how == "spectrogram":  # tokens are frames: time across, frequency up
+                lo, hi = float(orig[i].min()), float(orig[i].max())
+                ax.imshow(panel.T, origin="lower", aspect="auto", vmin=lo, vmax=hi)
+                ax.set_yticks([])
+                if i == n - 1:
+                    ax.set_xlabel("token (frame)", fontsize=8)
             elif how == "waveform":
                 wave = _waveform(panel, spec)
                 rate = float(spec.get("sample_rate") or 1)

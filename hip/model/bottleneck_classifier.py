@@ -67,6 +67,7 @@ class BottleneckClassifier(nn.Module):
             raise RuntimeError("this classifier was built without MAE (mae=None)")
         batch = next(iter(inputs.values()))
         mask = mae.sample_mask(batch.shape[0], generator, batch.device)
+        inputs = bb.preprocess(inputs, require_all=True)  # as MAE.forward: front ends, norm
         hidden = bb.encode(mae.visible_tokens(inputs, mask), processor_extra=extra)
         logits = bb.read_labels(hidden[-1], [LABEL])[LABEL][:, 0]
         return logits, mae.loss_from_latents(inputs, mask, bb.decode(hidden)).loss

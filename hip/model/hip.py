@@ -10,6 +10,7 @@ from torch import nn
 
 from hip.errors import InputShapeError
 from hip.model.blocks import CrossAttention, HiPBlock, regroup
+from hip.model.frontend import build_front_ends
 from hip.model.grouping import GroupPlan, group, plan_groups, ungroup
 from hip.model.layers import linear, trunc_normal_fan_in_
 from hip.model.normalize import InputNorm
@@ -56,9 +57,12 @@ class HiP(nn.Module):
         self._plans: dict[tuple[str, ...], GroupPlan] = {}
         self.plan: GroupPlan = self.plan_for(self.modalities)
 
+        # Fixed front ends (ours; none unless config.front_ends names one): `features` holds
+        # each modality's (M, C) after them, what the embedding sees and MAE reconstructs.
+        self.front_end, self.features = build_front_ends(config.front_ends, self.modalities)
         # Per-modality standardisation before the embedding (identity unless set; ours).
-        self.input_norm = InputNorm(self.modalities)
-        self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.modalities.items()})
+        self.input_norm = InputNorm(self.features)
+        self.embed = nn.ModuleDict({k: linear(c, e) for k, (_, c) in self.features.items()})
         # Learned position tables [M, E]: added to the embedding and reused as the MAE query.
         self.pos = nn.ParameterDict(
             {k: nn.Parameter(torch.empty(m, e)) for k, (m, _) in self.modalities.items()}
@@ -115,17 +119,21 @@ class HiP(nn.Module):
                 e, cfg.num_z_channels[-1], 1, 1, False, cfg.activation_name
             )
             self.unembed = nn.ModuleDict(
-                {k: linear(e, c, scale=0.0) for k, (_, c) in self.modalities.items()}
+                {k: linear(e, c, scale=0.0) for k, (_, c) in self.features.items()}
             )
 
     # -- pieces -------------------------------------------------------------------------
     def check_inputs(
-        self, inputs: Mapping[str, torch.Tensor], require_all: bool = False
+        self,
+        inputs: Mapping[str, torch.Tensor],
+        require_all: bool = False,
+        preprocessed: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Return inputs in modality order; raise ValueError naming any mismatch.
 
         Any non-empty subset of the modalities the model was built for is accepted (grouping
         is planned per call, as the official grouper does); `require_all` refuses subsets.
+        `preprocessed` checks shapes after the front ends (`self.features`) instead.
         """
         missing = [k for k in self.modalities if k not in inputs]
         unexpected = [k for k in inputs if k not in self.modalities]
@@ -135,7 +143,7 @@ class HiP(nn.Module):
                 f"the model was built for {list(self.modalities)}"
             )
         out, batch = {}, None
-        for k, (m, c) in self.modalities.items():
+        for k, (m, c) in (self.features if preprocessed else self.modalities).items():
             if k not in inputs:
                 continue
             x = inputs[k]
@@ -185,9 +193,20 @@ class HiP(nn.Module):
         pos = self.positions(names)
         return group(self.plan_for(pos), {k: v.unsqueeze(0) for k, v in pos.items()})
 
+    def apply_front_ends(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checked inputs through their front ends: `{name: [B, M, C]}` -> `{name: [B, M, C']}`
+        (C' per `self.features`; modalities without a front end pass through)."""
+        return {k: self.front_end[k](x) if k in self.front_end else x for k, x in inputs.items()}
+
+    def preprocess(
+        self, inputs: Mapping[str, torch.Tensor], require_all: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Check, apply the front ends and normalise: what the embedding sees."""
+        return self.input_norm(self.apply_front_ends(self.check_inputs(inputs, require_all)))
+
     def group_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Normalise, embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
-        inputs = self.input_norm(self.check_inputs(inputs))
+        """Preprocess, embed, add positions and group: `{name: [B, M, C]}` -> `[B, G, L, E]`."""
+        inputs = self.preprocess(inputs)
         return group(self.plan_for(inputs), self.embed_inputs(inputs))
 
     def encode(
@@ -244,7 +263,7 @@ class HiP(nn.Module):
         """Full-input forward pass, as the official model in eval mode (no masking)."""
         if not self.with_decoder:
             raise RuntimeError("this HiP was built without decoder blocks; use encode()")
-        inputs = self.check_inputs(inputs)
+        inputs = self.apply_front_ends(self.check_inputs(inputs))
         plan = self.plan_for(inputs)
         hidden = self.encode(group(plan, self.embed_inputs(inputs)))
         z = self.decode(hidden)

@@ -201,13 +201,14 @@ class MAE(nn.Module):
     def visible_tokens(self, inputs: Mapping[str, torch.Tensor], mask: GroupMask) -> torch.Tensor:
         """The encoder's input `[B, G, n_keep, E]`: embedding + position of the kept tokens.
 
-        `inputs` are already normalised (`model.input_norm`; `forward` does it).
+        `inputs` are already preprocessed (`model.preprocess`; `forward` does it).
 
         Gathers the raw values and the position vectors first and embeds only the kept
         tokens, so the full-size `[B, G, L, E]` embedding is never built (the same numbers as
         `gather_groups(model.group_inputs(inputs), mask.keep)`: the embedding is per token).
         """
-        inputs = self.model.check_inputs(inputs, require_all=True)  # shapes only: no device work
+        # Shapes only, no device work: the inputs are preprocessed (front ends, norm).
+        inputs = self.model.check_inputs(inputs, require_all=True, preprocessed=True)
         pos = self.model.positions()
         parts = []
         for m in self.model.plan.modalities:
@@ -244,6 +245,11 @@ class MAE(nn.Module):
             else None,
         )
 
+    def features(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All inputs, checked, through the model's front ends (the identity unless
+        `front_ends` names one): the scale that reconstructions are compared on."""
+        return self.model.apply_front_ends(self.model.check_inputs(inputs, require_all=True))
+
     def forward(
         self,
         inputs: Mapping[str, torch.Tensor],
@@ -251,9 +257,9 @@ class MAE(nn.Module):
         mask: GroupMask | None = None,
     ) -> MAEOutput:
         """One MAE pass: mask, encode the visible tokens, predict the masked ones, MSE loss."""
-        # The model's input normalisation first: the encoder sees, and the loss compares,
-        # normalised values (the identity unless `model.input_norm` was set).
-        inputs = self.model.input_norm(self.model.check_inputs(inputs, require_all=True))
+        # The model's front ends and input normalisation first: the encoder sees, and the loss
+        # compares, preprocessed values (the identity unless `front_ends`/`input_norm` are set).
+        inputs = self.model.preprocess(inputs, require_all=True)
         batch = next(iter(inputs.values()))
         if mask is None:
             mask = self.sample_mask(batch.shape[0], generator, batch.device)
@@ -310,7 +316,7 @@ class MAE(nn.Module):
         `stats_only=True` predicts zero in normalised space, i.e. the means alone (the
         baseline that leak gives for free; no model pass).
         """
-        inputs = self.model.check_inputs(inputs, require_all=True)
+        inputs = self.features(inputs)
         norm = self.model.input_norm
         normed = norm(inputs)
         batch = next(iter(inputs.values()))

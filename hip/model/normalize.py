@@ -176,6 +176,10 @@ def fit_input_norm(
     if any(m == "dataset" for m in per.values()):
         if batches is None:
             raise ValueError("input norm mode 'dataset' needs batches to measure")
+        # Statistics of what the norm will see: the inputs after any front end.
+        hip = next((m for m in model.modules() if hasattr(m, "apply_front_ends")), None)
+        if hip is not None and len(hip.front_end):
+            batches = (hip.apply_front_ends(b) for b in batches)
         stats = channel_stats(batches, max_samples)
     for k, mode in per.items():
         if mode == "dataset":

@@ -23,6 +23,22 @@ def grid_shape(length: int) -> tuple[int, ...]:
     return (side, side) if side * side == length and side > 1 else (length,)
 
 
+def layout_grid(spec: dict | None, length: int) -> tuple[int, ...]:
+    """The coordinate grid of `length` tokens from a checkpoint/manifest layout entry.
+
+    Images are `(H, W)`, video `(T, H, W)`, audio `(length,)` (a time line even when `length`
+    is a perfect square); without a layout that fits, `grid_shape`'s guess."""
+    spec = spec or {}
+    h, w, t = spec.get("height"), spec.get("width"), spec.get("frames")
+    if spec.get("kind") == "audio":
+        return (length,)
+    if spec.get("kind") == "image" and h and w and h * w == length:
+        return (int(h), int(w))
+    if spec.get("kind") == "video" and h and w and t and t * h * w == length:
+        return (int(t), int(h), int(w))
+    return grid_shape(length)
+
+
 def coordinate_table(
     length: int, channels: int, scale: float = 1.0, shape: tuple[int, ...] | None = None
 ) -> torch.Tensor:

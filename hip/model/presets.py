@@ -60,6 +60,9 @@ class HiPConfig:
     # one per modality *slot* of a call (the i-th modality of every call shares projection i);
     # None builds one per (non-label) modality, i.e. all modalities called together.
     position_encoding_slots: int | None = None
+    # Ours: a fixed front end per modality name before its embedding (hip/model/frontend.py),
+    # e.g. {"audio": "log_spectrum"}; none by default, as the official model.
+    front_ends: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -130,6 +133,9 @@ class HiPConfig:
             raise UserError(
                 f"HiP config: position_encoding_slots must be >= 1, got {self.position_encoding_slots}"
             )
+        from hip.model.frontend import check_front_ends
+
+        check_front_ends(self.front_ends)
         return self
 
     def _validate_processor_latents(self) -> None:

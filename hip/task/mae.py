@@ -56,8 +56,9 @@ class MAETask(Task):
         for (
             batch
         ) in data.batches():  # pass 1: each position's mean (the "predict the mean" baseline)
+            feats = model.features(inputs_to_device(batch["inputs"], data.device))
             for k in names:
-                x = batch["inputs"][k].double().sum(0)
+                x = feats[k].cpu().double().sum(0)
                 sums[k] = x if k not in sums else sums[k] + x
             count += next(iter(batch["inputs"].values())).shape[0]
         if count == 0:
@@ -72,14 +73,15 @@ class MAETask(Task):
         n_batches = 0
         for batch in data.batches():
             n_batches += 1
-            inputs = inputs_to_device(batch["inputs"], data.device)
+            raw = inputs_to_device(batch["inputs"], data.device)
+            inputs = model.features(raw)  # what is reconstructed (front ends applied)
             state = gen.get_state()
-            loss_sum += float(model(inputs, generator=gen).loss)
+            loss_sum += float(model(raw, generator=gen).loss)
             gen.set_state(state)  # the same mask for the reconstruction
-            out = model.reconstruct(inputs, generator=gen)
+            out = model.reconstruct(raw, generator=gen)
             if stats_only:  # the same mask: predicting only the normalisation's means
                 gen.set_state(state)
-                means_only = model.reconstruct(inputs, generator=gen, stats_only=True)
+                means_only = model.reconstruct(raw, generator=gen, stats_only=True)
             for k in names:
                 x = inputs[k].cpu()
                 pred, hidden = out[k]["prediction"].float().cpu(), out[k]["masked"].cpu()
@@ -116,5 +118,16 @@ class MAETask(Task):
             list(data.label_names),
             reconstructions=recs,
             modalities=data.modalities,
-            layout=data.layout,
+            layout=feature_layout(model, data.layout),
         )
+
+
+def feature_layout(model: nn.Module, layout: dict[str, Any]) -> dict[str, Any]:
+    """The data's layout with each front end noted (`front_end`), so a figure draws what was
+    reconstructed (a log spectrum per audio token) rather than a waveform."""
+    hip = model.model  # the MAE's HiP
+    out = {k: dict(v) for k, v in layout.items()}
+    for name in hip.front_end:
+        if name in out:
+            out[name]["front_end"] = hip.config.front_ends[name]
+    return out

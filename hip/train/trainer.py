@@ -131,12 +131,13 @@ def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
         fit_input_norm(model, mode, (b["inputs"] for b in statistics_batches(cfg, source)))
     if str(cfg.model.position_init) == "coords":
         from hip.model import HiP
-        from hip.model.positions import coordinate_table
+        from hip.model.positions import coordinate_table, layout_grid
 
         hip = next(m for m in model.modules() if isinstance(m, HiP))
         with torch.no_grad():
-            for table in hip.pos.values():
-                table.copy_(coordinate_table(table.shape[0], table.shape[1]))
+            for name, table in hip.pos.items():
+                grid = layout_grid(source.layout.get(name), table.shape[0])
+                table.copy_(coordinate_table(table.shape[0], table.shape[1], shape=grid))
 
 
 def set_train_loss(
