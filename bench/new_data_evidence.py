@@ -1,7 +1,8 @@
 """Do the default recipes learn data they were never tuned on? (issue 14; CPU; not a test)
 
-Three generated data sets, one of each kind (tests/new_data.py: coloured shapes on noise,
-tones by pitch contour, a disc and a bar to segment), go the way a user's data goes:
+Four data sets (tests/new_data.py): scikit-learn's 8x8 handwritten digits (real, shipped in
+the pip package) and coloured shapes on noise for images, tones by pitch contour for audio, a
+disc and a bar to segment; they go the way a user's data goes:
 `hip shard --input FOLDER` -> `hip finetune --data SHARDS --task TYPE` with nothing else but
 the run folder, so every setting is the task type's default recipe (hip/configs/recipes/).
 With `--mae`, also `hip pretrain --data` (the MAE recipe) and a finetune from it.
@@ -39,6 +40,12 @@ SETS: dict[str, dict[str, Any]] = {
         "task": "classification",
         "metric": "top1",
         "chance": 0.25,
+    },
+    "digits (image classification, scikit-learn's 8x8 digits at 16x16)": {
+        "build": lambda d: new_data.sklearn_digits_folder(d),
+        "task": "classification",
+        "metric": "top1",
+        "chance": 0.1,
     },
     "tones (audio classification, 8 kHz, 0.5 s)": {
         "build": lambda d: new_data.tones_folder(d, {"train": 300, "test": 75}),

@@ -1,6 +1,7 @@
 """Data sets of each kind that no recipe was tuned on (issue 14: "the recipes are general").
 
-Generated, so they ship with the tests and cost no download; each is a folder in the layout a
+Generated (or, for scikit-learn's 8x8 digits, read from inside the pip package), so they ship
+with the tests and cost no download; each is a folder in the layout a
 user would hand to `hip shard` (class folders of PNG or wav files; the paired segmentation
 layout `<split>/` + `<split>annot/`). The tasks are easy for a model that uses what and where
 (shape, pitch contour, region) and impossible for one that does not: chance is 1/4, and
@@ -54,6 +55,22 @@ def shapes_folder(root: Path, per_class: dict[str, int], size: int = 32, seed: i
                 colour = tuple(int(v) for v in rng.integers(0, 256, 3))
                 _draw_shape(ImageDraw.Draw(img), shape, cx, cy, r, colour)  # type: ignore[arg-type]
                 img.save(folder / f"{i:05d}.png")
+    return root
+
+
+def sklearn_digits_folder(root: Path, scale: int = 2) -> Path:
+    """`root/<split>/<digit>/*.png`: scikit-learn's 1,797 handwritten digits (8x8, 17 grey
+    levels; a real data set shipped inside the pip package, not MNIST), upscaled `scale` times
+    (nearest neighbour), split as the built-in sources split (test: row % 5 == 0)."""
+    from hip.data.sources import package_digits, package_split_rows
+
+    x, y = package_digits("digits")
+    for split in ("train", "test"):
+        for r in package_split_rows("digits", len(x), split):
+            folder = root / split / str(int(y[r]))
+            folder.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(x[r].reshape(8, 8), "L")
+            img.resize((8 * scale, 8 * scale), Image.NEAREST).save(folder / f"{r:05d}.png")
     return root
 
 
