@@ -184,8 +184,9 @@ def load_pretrained(
     )
     if missing or bad:
         raise ValueError(
-            "pretrained weights do not fit this model (was it pretrained with the same preset and "
-            f"modalities?); missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}; mis-shaped: {bad[:10]}"
+            "pretrained weights do not fit this model (was it pretrained with the same preset, "
+            "modalities and, for audio, token width and front end: data.audio_samples_per_token/"
+            f"audio_token_ms, model.overrides.front_ends?); missing: {missing[:10]}{' ...' if len(missing) > 10 else ''}; mis-shaped: {bad[:10]}"
         )
     task_model.backbone.load_state_dict({k: source[k] for k in wanted}, strict=False)
     if old_format:
