@@ -215,7 +215,7 @@ RECIPES = {
         "isbi",
         "mIoU",
         600,
-        1500,  # at 128x128 with token queries and flips (the isbi preset)
+        1500,  # the isbi preset: 128x128, token queries, flips and quarter turns, 8-view eval
         ["data.batch_size=8"],
         ["data.batch_size=4"],
         prepare_isbi,

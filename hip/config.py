@@ -53,6 +53,9 @@ class AugmentSection:
     shift: int = 0  # translate each image by up to this many pixels in x and y (0: off)
     hflip: bool = False  # mirror left-right with probability 1/2
     vflip: bool = False  # mirror top-bottom with probability 1/2
+    # turn by 0, 90, 180 or 270 degrees at random (square images only; with both flips it
+    # draws from all 8 symmetries of the square, for data with no up or left: EM, aerial, cells)
+    rot90: bool = False
 
 
 @dataclass
@@ -173,6 +176,10 @@ class EvalSection:
     reconstructions: int = 8
     verify: bool = True  # check every shard's sha256 against the manifest before evaluating
     allow_corrupt: bool = False  # evaluate anyway when verification fails (corrupt samples skipped)
+    # Test-time augmentation of a finetuned model (ours, hip.task.tta): average its logits over
+    # views of each image: off | hflip | flips (both mirrors) | dihedral (8: flips and quarter
+    # turns, square images). Use the symmetries the model was trained with (data.augment).
+    tta: str = "off"
 
 
 @dataclass
@@ -388,6 +395,9 @@ def validate(cfg: DictConfig) -> None:
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
     _choice(cfg.model.input_norm, ("none", "dataset", "sample"), "model.input_norm")
+    from hip.task.tta import TTA_MODES
+
+    _choice(cfg.eval.tta, TTA_MODES, "eval.tta")
     _choice(cfg.model.position_init, ("official", "coords"), "model.position_init")
     if not cfg.optim.position_lr_mult > 0:
         raise UserError(f"optim.position_lr_mult must be > 0, got {cfg.optim.position_lr_mult}")

@@ -25,10 +25,12 @@ def evaluate_model(
     seed: int = 0,
     num_reconstructions: int = 8,
     layout: dict[str, dict[str, Any]] | None = None,
+    tta: str = "off",
 ) -> EvalResult:
     """Metrics of `model` (an MAE or a task model) on `split` of a data set, by its task.
 
     `layout` (a checkpoint's `model_meta["layout"]`) says what the tokens are; default the data's.
+    `tta` (`eval.tta`): a finetuned model's logits are averaged over these views of each image.
     """
 
     def batches() -> Any:
@@ -48,6 +50,7 @@ def evaluate_model(
             seed,
             num_reconstructions,
             dict(layout or getattr(source, "layout", None) or {}),
+            tta,
         )
         return get_task(task).evaluate(model, data)
     except EmptySplit:
@@ -68,6 +71,7 @@ class Evaluator:
     max_batches: int | None = None  # run.eval_batches: a cap for quick runs (None: all)
     limit: int | None = None
     seed: int = 0
+    tta: str = "off"  # eval.tta
 
     def __call__(self, model: nn.Module) -> EvalResult:
         """Evaluate `model` (unwrapped) on the split."""
@@ -81,6 +85,7 @@ class Evaluator:
             max_batches=self.max_batches,
             limit=self.limit,
             seed=self.seed,
+            tta=self.tta,
         )
 
     def coverage(self, result: EvalResult) -> str:

@@ -55,6 +55,7 @@ class EvalData:
     seed: int = 0  # MAE: the masks of the evaluation
     num_reconstructions: int = 8  # MAE: samples kept for the report's figure
     layout: dict[str, dict[str, Any]] = field(default_factory=dict)  # what the tokens are
+    tta: str = "off"  # eval.tta: views of each image averaged over (hip.task.tta)
 
 
 def class_names(label_names: list[str], k: int) -> list[str]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hip.task.base import EmptySplit, EvalData, EvalResult, Task, inputs_to_device
+from hip.task.tta import predict
 
 
 class HeadTask(Task):
@@ -53,7 +54,8 @@ class HeadTask(Task):
             state["ignore_index"] = int(model.ignore_index)
         for batch in data.batches():
             y = self.targets(batch).to(data.device)
-            logits = model(inputs_to_device(batch["inputs"], data.device)).float()
+            inputs = inputs_to_device(batch["inputs"], data.device)
+            logits = predict(model, inputs, data.tta, data.layout)
             loss_sum += float(model.loss(logits, y)) * y.shape[0]
             n += y.shape[0]
             self.accumulate(state, logits, y)

@@ -1,7 +1,7 @@
 """Training-only image augmentation on the stored uint8 pixels (`data.augment`, ours).
 
 Runs on the CPU batch before it goes to the device, so it costs no float copy: a random
-shift (zero padding) and random flips per sample. A segmentation mask that covers the image
+shift (zero padding), random flips and random quarter turns (square images) per sample. A segmentation mask that covers the image
 moves with it; positions shifted in get the ignore label, so they are not scored.
 """
 
@@ -23,6 +23,7 @@ class Augment:
     shift: int
     hflip: bool
     vflip: bool
+    rot90: bool
     images: dict[str, tuple[int, int, int]]  # modality -> (height, width, channels)
     ignore_index: int = 255
 
@@ -35,9 +36,10 @@ class Augment:
         from hip.errors import UserError
 
         shift, hflip, vflip = int(aug.shift), bool(aug.hflip), bool(aug.vflip)
+        rot90 = bool(aug.get("rot90", False))
         if shift < 0:
             raise UserError(f"data.augment.shift must be >= 0, not {shift}")
-        if not (shift or hflip or vflip):
+        if not (shift or hflip or vflip or rot90):
             return None
         images = {
             name: (int(v["height"]), int(v["width"]), int(v["shape"][1]))
@@ -47,7 +49,15 @@ class Augment:
         if not images:  # audio or video only: a recipe's default asks for nothing here
             log.info("data.augment: the data has no image modality, nothing is augmented")
             return None
-        return cls(shift, hflip, vflip, images, ignore_index)
+        if rot90:
+            for name, (h, w, _) in images.items():
+                if h != w:
+                    raise UserError(
+                        f"data.augment.rot90 turns images by 90 degrees, so they must be "
+                        f"square: modality {name!r} is {h}x{w} (height x width). "
+                        "Set data.augment.rot90=false, or shard the images square (hip shard --resize N)"
+                    )
+        return cls(shift, hflip, vflip, rot90, images, ignore_index)
 
     def __call__(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         """The batch with each sample's images (and mask) shifted and flipped at random."""
@@ -75,16 +85,33 @@ class Augment:
             if self.vflip
             else torch.zeros(b, dtype=torch.bool)
         )
+        turns = (
+            torch.randint(0, 4, (b,), generator=generator)
+            if self.rot90
+            else torch.zeros(b, dtype=torch.long)
+        )
         for name, (h, w, c) in self.images.items():
-            x = inputs[name].reshape(b, h, w, c)
+            x = _turn(inputs[name].reshape(b, h, w, c), turns)
             inputs[name] = _move(x, dy, dx, hf, vf, 0).reshape(b, h * w, c)
         out = {**batch, "inputs": inputs}
         mask = batch.get("mask")
         h, w, _ = self.images[first]
         if mask is not None and mask.shape[1:] == (h * w,):
-            m = mask.reshape(b, h, w, 1)
+            m = _turn(mask.reshape(b, h, w, 1), turns)
             out["mask"] = _move(m, dy, dx, hf, vf, self.ignore_index).reshape(b, h * w)
         return out
+
+
+def _turn(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """`x` `[B, H, H, C]` with sample i turned counter-clockwise `turns[i]` quarter turns."""
+    if not turns.any():
+        return x
+    out = x.clone()
+    for k in (1, 2, 3):
+        pick = turns == k
+        if pick.any():
+            out[pick] = torch.rot90(x[pick], k, (1, 2))
+    return out
 
 
 def _move(

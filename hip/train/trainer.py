@@ -37,6 +37,7 @@ from hip.rundir import RunFolder
 from hip.runlog import MetricsLog
 from hip.task import Task, get_task
 from hip.task.base import inputs_to_device
+from hip.task.tta import check_tta
 from hip.threads import configure_threads
 from hip.train import step as hstep
 from hip.train.augment import Augment
@@ -588,6 +589,8 @@ def _assemble_and_train(
             "data has, or data.eval_split=null to skip the final evaluation"
         )
     evaluator = None
+    if eval_split is not None and cfg.stage == "finetune":
+        check_tta(str(cfg.eval.tta), source.layout)  # now, not after training
     if eval_split is not None:
         evaluator = Evaluator(
             source,
@@ -598,6 +601,7 @@ def _assemble_and_train(
             max_batches=cfg.run.eval_batches,
             limit=cfg.data.limit,
             seed=int(cfg.run.seed),
+            tta=str(cfg.eval.tta),
         )
     own_tracker = tracker is None
     if own_tracker:  # first, so that an unreachable MLflow fails before any work
