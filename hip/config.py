@@ -36,6 +36,9 @@ class ModelSection:
     # std | sample: each sample over its own tokens), kept in the checkpoint; and start the
     # position tables from sin/cos of the coordinates (official | coords) when not pretrained.
     input_norm: str = "none"
+    # Another mode for some modalities, by name (ours): e.g. {image: sample} standardises each
+    # image on its own while audio keeps `input_norm`. Names the data lacks are ignored.
+    input_norm_by_modality: dict[str, str] = field(default_factory=dict)
     position_init: str = "official"
     # Segmentation's per-position queries (ours when `tokens`): `positions` (official: the
     # position vectors, as MAE's reconstruction) or `tokens` (each position's embedded input
@@ -395,6 +398,8 @@ def validate(cfg: DictConfig) -> None:
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise UserError(f"optim.betas must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
     _choice(cfg.model.input_norm, ("none", "dataset", "sample"), "model.input_norm")
+    for name, mode in cfg.model.input_norm_by_modality.items():
+        _choice(mode, ("none", "dataset", "sample"), f"model.input_norm_by_modality.{name}")
     from hip.task.tta import TTA_MODES
 
     _choice(cfg.eval.tta, TTA_MODES, "eval.tta")

@@ -123,7 +123,7 @@ def test_finetune_on_a_manifest_takes_classes_and_the_task_recipe_with_no_preset
     assert cfg["task"]["benchmark"] is None
     assert cfg["data"]["manifest"] == data and cfg["data"]["source"] is None
     # the classification recipe (hip/configs/recipes): the tiny preset's issue-14 recipe
-    assert cfg["optim"]["lr"] == pytest.approx(1e-3) and cfg["optim"]["betas"] == [0.9, 0.95]
+    assert cfg["optim"]["lr"] == pytest.approx(5e-4) and cfg["optim"]["betas"] == [0.9, 0.95]
     assert cfg["optim"]["total_steps"] == 1000 and cfg["model"]["input_norm"] == "dataset"
     assert hip.cli.main(["config", "show", "pretrain", "--data", data]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)

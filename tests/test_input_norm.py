@@ -128,3 +128,24 @@ def test_trainer_fits_the_normalisation_stores_it_and_the_checkpoint_rebuilds_it
     assert len(lrs) == 3 and lrs[2] == pytest.approx(10 * lrs[0])
     with pytest.raises(UserError, match="model.input_norm"):
         load_config("pretrain", "tiny_digits", ["model.input_norm=zscore"])
+
+
+def test_a_modality_named_in_input_norm_by_modality_gets_its_own_mode(tmp_path):
+    """The classification recipe's {image: sample}: images standardised one by one, other
+    modalities (audio) keep `input_norm`; a name the data lacks is ignored."""
+    over = [
+        f"run.out={tmp_path / 'ft'}", "optim.total_steps=1", "run.eval_batches=1",
+        "data.batch_size=8", "model.input_norm=dataset",
+        "model.input_norm_by_modality={image: sample, audio: none}", *QUIET,
+    ]  # fmt: skip
+    cfg = load_config("finetune", "hip/configs/recipes/classification.yaml", over)
+    cfg.task.num_classes = 10
+    res = trainer.train(cfg, builtin_dataset("digits"))
+    model, payload = ckpt.load_model(res.checkpoint)
+    assert model.backbone.input_norm.modes() == {"image": "sample"}
+    assert payload["model_meta"]["input_norm_by_modality"] == {"image": "sample", "audio": "none"}
+    recipe = load_config("finetune", "hip/configs/recipes/classification.yaml", [])
+    assert recipe.model.input_norm == "dataset"
+    assert dict(recipe.model.input_norm_by_modality) == {"image": "sample"}
+    with pytest.raises(UserError, match="input_norm_by_modality.image='zscore'"):
+        load_config("finetune", "mnist", ["model.input_norm_by_modality={image: zscore}"])

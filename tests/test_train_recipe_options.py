@@ -150,7 +150,7 @@ def _segment_ink(query: str, root) -> dict:
 
 
 @pytest.mark.slow
-def test_token_queries_let_the_segmentation_head_see_each_pixel(tmp_path):
+def test_token_queries_let_the_segmentation_head_see_each_pixel(tmp_path, capsys):
     """Measured 2026-12-02 (1 thread): mIoU 0.948 with `tokens`, 0.622 with the official
     `positions`, whose queries carry no pixel value: each group's 16 latents must then hold
     every one of its pixels' classes. The choice is kept in the checkpoint."""
@@ -171,6 +171,7 @@ def test_token_queries_let_the_segmentation_head_see_each_pixel(tmp_path):
     )  # fmt: skip
     assert cfg.eval.tta == "dihedral"
     viewed = evaluate(cfg).result.metrics["mIoU"]
+    assert "logits averaged over 8 views, eval.tta=dihedral" in capsys.readouterr().out
     assert viewed > 0.85 and abs(viewed - tokens["mIoU"]) < 0.05
 
 

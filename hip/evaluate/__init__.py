@@ -10,6 +10,7 @@ from torch import nn
 
 from hip.task import EvalResult, get_task
 from hip.task.base import EmptySplit, EvalData
+from hip.task.tta import views_note
 
 
 @torch.no_grad()
@@ -95,6 +96,7 @@ class Evaluator:
             total = min(total, int(self.limit))
         n = int(result.metrics.get("num_samples", 0))
         line = f"evaluated {n} of {total if total is not None else '?'} samples of {self.split!r}"
+        line += views_note(self.tta, self.task)
         if self.max_batches is not None and (total is None or n < total):
             line += (
                 f" (cap run.eval_batches={self.max_batches}; `hip evaluate` does the full split)"

@@ -21,7 +21,7 @@ from hip.evaluate.report import write_report
 from hip.rundir import RunFolder, run_of_checkpoint
 from hip.runlog import read_metrics
 from hip.task import get_task
-from hip.task.tta import check_tta
+from hip.task.tta import check_tta, views_note
 from hip.threads import configure_threads
 
 
@@ -143,7 +143,8 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     print(
         f"evaluated {int(result.metrics.get('num_samples', 0))} of {total if total is not None else '?'} "
         f"samples of split {split!r}"
-        + (f" (cap run.eval_batches={cfg.run.eval_batches})" if cfg.run.eval_batches else ""),
+        + (f" (cap run.eval_batches={cfg.run.eval_batches})" if cfg.run.eval_batches else "")
+        + views_note(str(cfg.eval.tta), task),
         flush=True,
     )
     # The report goes next to the checkpoint's run (or to eval.out), on S3 as locally: it is

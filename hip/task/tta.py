@@ -58,6 +58,15 @@ def check_tta(mode: str, layout: dict[str, dict[str, Any]]) -> None:
                 )
 
 
+def views_note(mode: str, task: str) -> str:
+    """What an evaluation line adds when a finetuned model's logits were averaged over views."""
+    from hip.task import get_task
+
+    if mode == "off" or get_task(task).stage != "finetune":
+        return ""
+    return f" (logits averaged over {len(VIEWS[mode])} views, eval.tta={mode})"
+
+
 def _view(x: torch.Tensor, hw: tuple[int, int], turns: int, mirror: bool) -> torch.Tensor:
     """Tokens `[B, H*W, C]` of one image in a view (mirror first, then turn)."""
     b, _, c = x.shape

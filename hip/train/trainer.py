@@ -88,6 +88,7 @@ def model_meta(cfg: DictConfig, source: Dataset, num_classes: int | None) -> dic
         "benchmark": cfg.task.benchmark,
         "data_fingerprint": source.fingerprint,
         "input_norm": str(cfg.model.input_norm),
+        "input_norm_by_modality": dict(cfg.model.input_norm_by_modality),
         "position_init": str(cfg.model.position_init),
         "dense_query": str(cfg.model.dense_query),
     }
@@ -125,11 +126,14 @@ def prepare_inputs(model: nn.Module, cfg: DictConfig, source: Dataset) -> None:
     order, so every rank and every resume measures the same numbers. A pretrained
     checkpoint loaded afterwards brings its own normalisation and tables (they win).
     """
-    from hip.model.normalize import fit_input_norm
+    from hip.model.normalize import fit_input_norm, input_norm_of
 
-    mode = str(cfg.model.input_norm)
-    if mode != "none":
-        fit_input_norm(model, mode, (b["inputs"] for b in statistics_batches(cfg, source)))
+    by_name = dict(cfg.model.input_norm_by_modality)
+    norm = input_norm_of(model)
+    names = norm.names if norm is not None else list(source.modalities)
+    modes = {k: str(by_name.get(k, cfg.model.input_norm)) for k in names}
+    if any(m != "none" for m in modes.values()):
+        fit_input_norm(model, modes, (b["inputs"] for b in statistics_batches(cfg, source)))
     if str(cfg.model.position_init) == "coords":
         from hip.model import HiP
         from hip.model.positions import coordinate_table, layout_grid
