@@ -400,8 +400,9 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.model.input_norm, ("none", "dataset", "sample"), "model.input_norm")
     for name, mode in cfg.model.input_norm_by_modality.items():
         _choice(mode, ("none", "dataset", "sample"), f"model.input_norm_by_modality.{name}")
-    from hip.task.tta import TTA_MODES
+    from hip.task.tta import TTA_MODES, tta_mode
 
+    cfg.eval.tta = tta_mode(cfg.eval.tta)  # `eval.tta=off` arrives as false (YAML 1.1)
     _choice(cfg.eval.tta, TTA_MODES, "eval.tta")
     _choice(cfg.model.position_init, ("official", "coords"), "model.position_init")
     if not cfg.optim.position_lr_mult > 0:

@@ -63,6 +63,8 @@ def test_views_that_cannot_apply_to_the_data_are_user_errors():
     check_tta("off", {"audio": {"kind": "audio", "shape": [100, 64]}})
     with pytest.raises(UserError, match="eval.tta='dihedal'.*did you mean 'dihedral'"):
         load_config("finetune", "mnist", ["eval.tta=dihedal"])
+    # YAML reads a bare `off` as false: it still means off, on the command line and in a file
+    assert load_config("finetune", "isbi", ["eval.tta=off", "data.manifest=x"]).eval.tta == "off"
 
 
 def test_an_audio_finetune_asking_for_views_fails_before_training(tmp_path):

@@ -59,7 +59,7 @@ def _launch_all(cmds: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def _ranks(lines: list[str]) -> dict[int, int]:
     """{rank: batches} from the `rank R/W: N batches` line every rank prints at the end."""
-    found = [re.match(r"rank (\d+)/(\d+): (\d+) batches", line) for line in lines]
+    found = [re.match(r"rank (\d+)/(\d+): (\d+) batches$", line) for line in lines]
     assert all(m.group(2) == "2" for m in found if m), lines
     return {int(m.group(1)): int(m.group(3)) for m in found if m}
 

@@ -27,6 +27,12 @@ VIEWS: dict[str, tuple[tuple[int, bool], ...]] = {
 TTA_MODES = tuple(VIEWS)
 
 
+def tta_mode(value: object) -> str:
+    """`eval.tta` as written: YAML reads a bare `off` as false, which means `off` here."""
+    text = str(value).strip().lower()
+    return {"false": "off", "none": "off", "": "off"}.get(text, text)
+
+
 def image_grids(layout: dict[str, dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """Modality name -> (height, width) of every image modality in a data layout."""
     return {

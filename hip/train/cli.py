@@ -66,7 +66,10 @@ def _train_and_report(stage: str, cfg: Any) -> int:
     if result.rank == 0:
         _print_result(stage, result)
     if result.world_size > 1:
-        print(f"rank {result.rank}/{result.world_size}: {result.batches_seen} batches", flush=True)
+        # One write, newline included: unbuffered (PYTHONUNBUFFERED), print writes the text and
+        # the newline separately, and two ranks on one pipe then merged their lines.
+        sys.stdout.write(f"rank {result.rank}/{result.world_size}: {result.batches_seen} batches\n")
+        sys.stdout.flush()
     return 0
 
 
