@@ -34,6 +34,7 @@ class Augment:
         """From the config section and the data's layout; None when nothing is asked for or
         the data has no image modality (a task type's recipe may ask for it on any data)."""
         from hip.errors import UserError
+        from hip.task.tta import image_grids
 
         shift, hflip, vflip = int(aug.shift), bool(aug.hflip), bool(aug.vflip)
         rot90 = bool(aug.get("rot90", False))
@@ -42,9 +43,8 @@ class Augment:
         if not (shift or hflip or vflip or rot90):
             return None
         images = {
-            name: (int(v["height"]), int(v["width"]), int(v["shape"][1]))
-            for name, v in layout.items()
-            if v.get("kind") == "image" and v.get("height") and v.get("width")
+            name: (h, w, int(layout[name]["shape"][1]))
+            for name, (h, w) in image_grids(layout).items()
         }
         if not images:  # audio or video only: a recipe's default asks for nothing here
             log.info("data.augment: the data has no image modality, nothing is augmented")
