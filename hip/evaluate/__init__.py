@@ -10,7 +10,7 @@ from torch import nn
 
 from hip.task import EvalResult, get_task
 from hip.task.base import EmptySplit, EvalData
-from hip.task.tta import views_note
+from hip.task.tta import check_tta, views_note
 
 
 @torch.no_grad()
@@ -40,6 +40,9 @@ def evaluate_model(
                 return
             yield batch
 
+    layout = dict(layout or getattr(source, "layout", None) or {})
+    if get_task(task).stage == "finetune":  # an MAE is scored on its reconstructions only
+        check_tta(tta, layout)
     was_training = model.training
     model.eval()
     try:
@@ -50,7 +53,7 @@ def evaluate_model(
             dict(source.modalities),
             seed,
             num_reconstructions,
-            dict(layout or getattr(source, "layout", None) or {}),
+            layout,
             tta,
         )
         return get_task(task).evaluate(model, data)

@@ -20,8 +20,7 @@ from hip.evaluate import EvalResult, evaluate_model
 from hip.evaluate.report import write_report
 from hip.rundir import RunFolder, run_of_checkpoint
 from hip.runlog import read_metrics
-from hip.task import get_task
-from hip.task.tta import check_tta, views_note
+from hip.task.tta import views_note
 from hip.threads import configure_threads
 
 
@@ -120,8 +119,6 @@ def evaluate(cfg: DictConfig) -> EvaluateOutput:
     if not (cfg.eval.split or cfg.data.eval_split):
         raise UserError("nothing to evaluate on: set eval.split (or data.eval_split) to a split")
     split = str(cfg.eval.split or cfg.data.eval_split)
-    if get_task(task).stage == "finetune":  # an MAE is scored on its reconstructions only
-        check_tta(str(cfg.eval.tta), meta.get("layout") or source.layout)
     source = check_data(cfg, source, split)
     result = evaluate_model(
         model,
